@@ -1,0 +1,25 @@
+"""RMSProp for JAX as Optax gradient transformations."""
+
+from optax_rmsprop._rmsprop import ScaleByRmsState as ScaleByRmsState
+from optax_rmsprop._rmsprop import TraceState as TraceState
+from optax_rmsprop._rmsprop import adagrad as adagrad
+from optax_rmsprop._rmsprop import decoupled_weight_decay as decoupled_weight_decay
+from optax_rmsprop._rmsprop import rmsprop as rmsprop
+from optax_rmsprop._rmsprop import scale_by_learning_rate as scale_by_learning_rate
+from optax_rmsprop._rmsprop import scale_by_rms as scale_by_rms
+from optax_rmsprop._rmsprop import scale_by_rss as scale_by_rss
+from optax_rmsprop._rmsprop import trace as trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScaleByRmsState",
+    "TraceState",
+    "adagrad",
+    "decoupled_weight_decay",
+    "rmsprop",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_rss",
+    "trace",
+]

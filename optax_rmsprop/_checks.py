@@ -1,0 +1,134 @@
+"""Validation of hyperparameters and of the trees handed to ``init``/``update``.
+
+Everything here runs at construction or trace time, in Python: none of it reaches the compiled
+step. Traced values (hyperparameters under ``optax.inject_hyperparams``) pass through unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _concrete_scalar(fn: str, name: str, value: Any) -> float | None:
+  """Returns ``value`` as a float, ``None`` when it is traced, or raises for a wrong type."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+    raise TypeError(
+        f"{fn}({name}={value!r}): {name} must be a real number, got {type(value).__name__}"
+    )
+  try:
+    arr = np.asarray(value)
+  except Exception as e:  # e.g. a jax array that is not concrete
+    raise TypeError(f"{fn}({name}=...): {name} must be a real number, got {type(value).__name__}") from e
+  if arr.shape != () or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    raise TypeError(
+        f"{fn}({name}={value!r}): {name} must be a real scalar, got an array of shape "
+        f"{arr.shape} and dtype {arr.dtype}"
+    )
+  return float(arr)
+
+
+def check_range(
+    fn: str,
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    hint: str = "",
+) -> None:
+  """Raises if a concrete hyperparameter is NaN, infinite or outside its allowed interval.
+
+  The message names the call as the user wrote it: ``rmsprop(decay=1.5): decay must be in [0, 1],
+  got 1.5``. ``None``, schedules (callables) and traced values are not checked.
+  """
+  if value is None or callable(value):
+    return
+  x = _concrete_scalar(fn, name, value)
+  if x is None:
+    return
+  if not math.isfinite(x):
+    raise ValueError(f"{fn}({name}={value!r}): {name} must be finite, got {x}")
+  too_low = x <= low if low_open else x < low
+  too_high = x >= high if high_open else x > high
+  if too_low or too_high:
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    lo_s = "-inf" if low == -math.inf else f"{low:g}"
+    hi_s = "inf" if high == math.inf else f"{high:g}"
+    raise ValueError(f"{fn}({name}={value!r}): {name} must be in {lo}{lo_s}, {hi_s}{hi}, got {x:g}{hint}")
+
+
+def check_schedule_or_number(fn: str, name: str, value: Any, low: float = 0.0) -> None:
+  """A learning rate: a finite number >= ``low``, or a schedule (any callable)."""
+  if callable(value):
+    return
+  check_range(fn, name, value, low, hint=" (use maximize=True to ascend)" if name == "learning_rate" else "")
+
+
+def _path_str(path) -> str:
+  return jax.tree_util.keystr(path) or "<root>"
+
+
+def _leaf_paths(tree) -> dict[str, Any]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {_path_str(p): leaf for p, leaf in leaves}
+
+
+def describe_tree_mismatch(expected, got, expected_name: str, got_name: str) -> str:
+  """A human sentence saying which leaf paths differ between two trees."""
+  want, have = _leaf_paths(expected), _leaf_paths(got)
+  missing = [p for p in want if p not in have]
+  extra = [p for p in have if p not in want]
+  parts = []
+  if missing:
+    parts.append(f"missing from the {got_name}: {', '.join(missing[:8])}" + (" …" if len(missing) > 8 else ""))
+  if extra:
+    parts.append(f"not in the {expected_name}: {', '.join(extra[:8])}" + (" …" if len(extra) > 8 else ""))
+  if not parts:
+    parts.append(
+        f"same leaf paths but different containers: {expected_name} is "
+        f"{jax.tree.structure(expected)}, {got_name} is {jax.tree.structure(got)}"
+    )
+  return "; ".join(parts)
+
+
+def check_same_structure(fn: str, expected, got, expected_name: str, got_name: str) -> None:
+  """Raises ValueError naming the differing paths when two trees do not match."""
+  if jax.tree.structure(expected) != jax.tree.structure(got):
+    raise ValueError(
+        f"{fn}: the {got_name} tree does not match the {expected_name} tree ("
+        + describe_tree_mismatch(expected, got, expected_name, got_name)
+        + ")"
+    )
+
+
+def check_same_shapes(fn: str, expected, got, expected_name: str, got_name: str) -> None:
+  """Raises ValueError naming the first leaf whose shape differs (trees already match)."""
+  for (path, e), g in zip(jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got)):
+    if jnp.shape(e) != jnp.shape(g):
+      raise ValueError(
+          f"{fn}: leaf {_path_str(path)} has shape {jnp.shape(g)} in the {got_name} but "
+          f"{jnp.shape(e)} in the {expected_name}"
+      )
+
+
+def check_float_leaves(fn: str, tree, tree_name: str) -> None:
+  """Raises TypeError naming the first leaf that is not floating point or complex."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = jnp.result_type(leaf) if not hasattr(leaf, "dtype") else leaf.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+      raise TypeError(
+          f"{fn}: {tree_name} leaf {_path_str(path)} has dtype {dtype}; an optimizer needs "
+          "floating-point or complex leaves. Keep integer/boolean leaves out of the optimized "
+          "tree (e.g. nnx.Optimizer(..., wrt=nnx.Param)) or freeze them with "
+          "optax.multi_transform(..., optax.set_to_zero())"
+      )

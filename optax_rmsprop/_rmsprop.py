@@ -1,0 +1,557 @@
+"""RMSProp and AdaGrad as Optax gradient transformations.
+
+Read top to bottom: the state type, the second-moment scaling that RMSProp and AdaGrad share, the
+small transforms the optimizers are chained from (learning rate, momentum, decoupled weight decay),
+and the public optimizers ``rmsprop`` and ``adagrad``.
+
+Every per-element computation runs in at least float32 (float64 for float64 inputs), reads and
+writes its buffers through ``_storage`` (which keeps them finite and in the requested dtype), and
+returns updates in the gradients' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _checks
+from optax_rmsprop import _storage
+
+__all__ = [
+    "ScaleByRmsState",
+    "TraceState",
+    "adagrad",
+    "decoupled_weight_decay",
+    "rmsprop",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_rss",
+    "trace",
+]
+
+
+class ScaleByRmsState(NamedTuple):
+  """State of :func:`scale_by_rms` and :func:`scale_by_rss`, whatever the flags.
+
+  Attributes:
+    count: int32 scalar, the number of updates applied so far; saturates at the int32 maximum
+      instead of wrapping (it drives bias correction).
+    nu: a tree like the parameters: the exponentially weighted average of squared gradients
+      (the running sum for AdaGrad). Real even for complex parameters; stored in ``state_dtype``
+      (default: the parameters' dtype).
+    mu: with ``centered=True`` a tree like the parameters holding the exponentially weighted
+      average of the gradients (complex for complex parameters); otherwise ``None``.
+  """
+
+  count: jax.Array
+  nu: optax.Updates
+  mu: optax.Updates | None
+
+
+class TraceState(NamedTuple):
+  """State of :func:`trace`.
+
+  Attributes:
+    trace: a tree like the parameters: the momentum buffer, in ``state_dtype`` (default: the
+      parameters' dtype; complex for complex parameters).
+  """
+
+  trace: optax.Updates
+
+
+# ---------------------------------------------------------------------------------------------
+# The second-moment scaling shared by RMSProp (exponential average) and AdaGrad (running sum).
+
+
+def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state") -> None:
+  """Fails with a readable message when ``updates`` does not fit the state built by ``init``."""
+  if not isinstance(buffers, (dict, list, tuple)) and buffers is not None and not _storage.is_buffer(buffers):
+    raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
+  _checks.check_same_structure(fn, buffers, updates, buffers_name, "gradient")
+  _checks.check_same_shapes(fn, buffers, updates, buffers_name, "gradient")
+
+
+def _scale_by_second_moment(
+    fn: str,
+    *,
+    accumulate: bool,
+    decay: Any,
+    eps: Any,
+    initial_scale: Any,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    centered: bool,
+    state_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+  """Divides updates by the root of a per-element second moment of the gradients.
+
+  ``accumulate=False``: ``nu <- decay * nu + (1 - decay) * |g|^2`` (RMSProp);
+  ``accumulate=True``: ``nu <- nu + |g|^2`` (AdaGrad).
+  """
+  spec = _storage.resolve_state_dtype(fn, state_dtype)
+
+  def init_fn(params):
+    _checks.check_float_leaves(fn, params, "params")
+    nu = jax.tree.map(lambda p: _storage.create(p, initial_scale, spec, real=True), params)
+    mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
+    return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if not isinstance(state, ScaleByRmsState):
+      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the ScaleByRmsState its init() makes")
+    _check_tree(fn, updates, state.nu)
+    _checks.check_float_leaves(fn, updates, "gradient")
+    count_inc = optax.safe_increment(state.count)
+    # The bias-correction factor 1 - decay^t, once per compute dtype (scalar work, shared).
+    corrections: dict[Any, jax.Array] = {}
+
+    def correction(cdt):
+      if cdt not in corrections:
+        d = jnp.asarray(decay, cdt)
+        c = 1 - d ** count_inc.astype(cdt)
+        # decay == 1 makes the factor 0 (0/0 in the maths): fall back to no correction.
+        corrections[cdt] = jnp.where(c > 0, c, jnp.ones_like(c))
+      return corrections[cdt]
+
+    def leaf(g, nu, mu):
+      cdt = _storage.compute_dtype(g.dtype)
+      d = jnp.asarray(decay, cdt)
+      gc = g.astype(jnp.result_type(cdt, g.dtype)) if jnp.iscomplexobj(g) else g.astype(cdt)
+      g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
+      nu_c = _storage.load(nu, cdt)
+      nu_new = nu_c + g2 if accumulate else (1 - d) * g2 + d * nu_c
+      nu_new = _storage.clamp(nu_new, nu)
+      nu_hat = nu_new / correction(cdt) if bias_correction else nu_new
+      if centered:
+        mu_new = _storage.clamp((1 - d) * gc + d * _storage.load(mu, cdt), mu)
+        mu_hat = mu_new / correction(cdt) if bias_correction else mu_new
+        m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
+        # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
+        var = jnp.maximum(nu_hat - m2, 0)
+        mu_out = _storage.store(mu_new, mu)
+      else:
+        var, mu_out = nu_hat, None
+      e = jnp.asarray(eps, cdt)
+      den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
+      # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
+      safe = den > 0
+      inv = jax.lax.rsqrt(jnp.where(safe, den, 1)) if eps_in_sqrt else 1 / jnp.where(safe, den, 1)
+      scale = jnp.where(safe, inv, 0)
+      return (gc * scale).astype(g.dtype), _storage.store(nu_new, nu), mu_out
+
+    mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
+    triples = jax.tree.map(leaf, updates, state.nu, mus, is_leaf=lambda x: x is None)
+    treedef = jax.tree.structure(updates)
+    flat = treedef.flatten_up_to(triples)
+    new_updates = treedef.unflatten([t[0] for t in flat])
+    nu = treedef.unflatten([t[1] for t in flat])
+    mu = treedef.unflatten([t[2] for t in flat]) if centered else None
+    return new_updates, ScaleByRmsState(count=count_inc, nu=nu, mu=mu)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_rms(
+    decay: Any = 0.9,
+    eps: Any = 1e-8,
+    initial_scale: Any = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+    *,
+    centered: bool = False,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates by the root of an exponential average of squared gradients.
+
+  .. math::
+    \nu_t = \mathrm{decay}\,\nu_{t-1} + (1-\mathrm{decay})\,|g_t|^2, \qquad
+    \mu_t = \mathrm{decay}\,\mu_{t-1} + (1-\mathrm{decay})\,g_t \;\text{(centered)}
+
+  with :math:`\nu_0 =` ``initial_scale`` and :math:`\mu_0 = 0`; with ``bias_correction`` both
+  are divided by :math:`1-\mathrm{decay}^t` (:math:`t` counts from 1). The variance estimate is
+  :math:`s_t = \hat\nu_t` or, centered, :math:`\max(\hat\nu_t - |\hat\mu_t|^2, 0)`, and the
+  output is :math:`g_t/\sqrt{s_t+\epsilon}` (``eps_in_sqrt=True``) or
+  :math:`g_t/(\sqrt{s_t}+\epsilon)`, with :math:`\epsilon =` ``eps``.
+
+  Args:
+    decay: the averages' decay rate, in [0, 1].
+    eps: added to the denominator, >= 0.
+    initial_scale: the initial second moment :math:`\nu_0`, >= 0.
+    eps_in_sqrt: whether ``eps`` goes inside the square root (optax, Keras, TF1) or outside
+      (PyTorch).
+    bias_correction: divide the averages by :math:`1-\mathrm{decay}^t`.
+    centered: subtract the squared mean gradient (Graves 2013).
+    state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype stores them in it.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` with state :class:`ScaleByRmsState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_rmsprop
+    >>> tx = optax_rmsprop.scale_by_rms()
+    >>> g = jnp.array([3.0, -4.0])
+    >>> u, state = tx.update(g, tx.init(g))
+    >>> u.round(4)  # g / sqrt(0.1 g^2 + eps) = sign(g) sqrt(10)
+    Array([ 3.1623, -3.1623], dtype=float32)
+
+  Beyond :func:`optax.scale_by_rms`: the centered variance is clamped at 0, a zero denominator
+  gives a zero update, arithmetic is in at least float32, complex parameters keep a real
+  :math:`\nu`, and buffers are clamped to their dtype's finite range.
+
+  References:
+    Hinton, Srivastava, Swersky, `Lecture 6e of Neural Networks for Machine Learning
+    <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_, 2012.
+
+    Graves, `Generating Sequences With Recurrent Neural Networks
+    <https://arxiv.org/abs/1308.0850>`_, 2013 (centered, eqs. 38-41).
+  """
+  fn = "scale_by_rms"
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
+  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  return _scale_by_second_moment(
+      fn,
+      accumulate=False,
+      decay=decay,
+      eps=eps,
+      initial_scale=initial_scale,
+      eps_in_sqrt=eps_in_sqrt,
+      bias_correction=bias_correction,
+      centered=centered,
+      state_dtype=state_dtype,
+  )
+
+
+def scale_by_rss(
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+    eps_in_sqrt: bool = True,
+    *,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates by the root of the running sum of squared gradients (AdaGrad).
+
+  .. math::
+    \nu_t = \nu_{t-1} + |g_t|^2, \qquad u_t = g_t / \sqrt{\nu_t + \epsilon}
+    \;\text{or}\; g_t / (\sqrt{\nu_t} + \epsilon)
+
+  with :math:`\nu_0 =` ``initial_accumulator_value`` and :math:`\epsilon =` ``eps`` inside the
+  root when ``eps_in_sqrt`` (optax, Keras) or outside it (PyTorch). A zero denominator gives a
+  zero update.
+
+  Args:
+    initial_accumulator_value: :math:`\nu_0`, >= 0.
+    eps: added to the denominator, >= 0.
+    eps_in_sqrt: where ``eps`` goes.
+    state_dtype: ``None`` keeps the accumulator in the parameters' dtype; a float dtype stores it
+      in it.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` with state :class:`ScaleByRmsState`
+    (``mu`` is ``None``).
+
+  References:
+    Duchi, Hazan, Singer, `Adaptive Subgradient Methods for Online Learning and Stochastic
+    Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
+  """
+  fn = "scale_by_rss"
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
+  _checks.check_range(fn, "eps", eps, 0.0)
+  return _scale_by_second_moment(
+      fn,
+      accumulate=True,
+      decay=1.0,
+      eps=eps,
+      initial_scale=initial_accumulator_value,
+      eps_in_sqrt=eps_in_sqrt,
+      bias_correction=False,
+      centered=False,
+      state_dtype=state_dtype,
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small transforms the optimizers are chained from. Ours rather than optax's because optax's
+# multiply low-precision updates by float32 hyperparameters (changing their dtype under
+# inject_hyperparams) and keep their buffers in the updates' precision.
+
+
+def _schedule_init(learning_rate):
+  return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32)) if callable(learning_rate) else optax.EmptyState()
+
+
+def _schedule_step(learning_rate, state):
+  """The learning rate for this update and the next schedule state."""
+  if callable(learning_rate):
+    return learning_rate(state.count), optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+  return learning_rate, state
+
+
+def _mul(u, factor):
+  """``u * factor`` in compute precision, returned in ``u``'s dtype."""
+  cdt = _storage.compute_dtype(u.dtype)
+  return (u.astype(jnp.result_type(cdt, u.dtype)) * jnp.asarray(factor, cdt)).astype(u.dtype)
+
+
+def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> optax.GradientTransformationExtraArgs:
+  r"""Multiplies updates by :math:`-\mathrm{lr}_t` (or :math:`+\mathrm{lr}_t` without ``flip_sign``).
+
+  ``learning_rate`` is a number or an optax schedule evaluated at the update count (0 first).
+  Unlike :func:`optax.scale_by_learning_rate` the updates keep their dtype when the learning rate
+  arrives as a float32 array (``inject_hyperparams``).
+  """
+  _checks.check_schedule_or_number("scale_by_learning_rate", "learning_rate", learning_rate)
+  sign = -1 if flip_sign else 1
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    lr, state = _schedule_step(learning_rate, state)
+    return jax.tree.map(lambda u: _mul(u, sign * lr), updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
+
+
+def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+  r"""Momentum: :math:`b_t = \mathrm{decay}\,b_{t-1} + u_t`, output :math:`b_t` (or
+  :math:`u_t + \mathrm{decay}\,b_t` with ``nesterov``), as :func:`optax.trace`.
+
+  Where it sits in a chain decides the convention: after :func:`scale_by_learning_rate` the
+  learning rate is inside the buffer (optax, Keras, TF1); before it, outside (PyTorch).
+
+  Args:
+    decay: the momentum, in [0, 1).
+    nesterov: use Nesterov's variant.
+    state_dtype: ``None`` keeps the buffer in the parameters' dtype; a float dtype stores it in it.
+  """
+  fn = "trace"
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
+  spec = _storage.resolve_state_dtype(fn, state_dtype)
+
+  def init_fn(params):
+    _checks.check_float_leaves(fn, params, "params")
+    return TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if not isinstance(state, TraceState):
+      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the TraceState its init() makes")
+    _check_tree(fn, updates, state.trace)
+
+    def leaf(u, b):
+      cdt = _storage.compute_dtype(u.dtype)
+      d = jnp.asarray(decay, cdt)
+      uc = u.astype(jnp.result_type(cdt, u.dtype))
+      b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
+      out = uc + d * b_new if nesterov else b_new
+      return out.astype(u.dtype), _storage.store(b_new, b)
+
+    pairs = jax.tree.map(leaf, updates, state.trace)
+    treedef = jax.tree.structure(updates)
+    flat = treedef.flatten_up_to(pairs)
+    return treedef.unflatten([p[0] for p in flat]), TraceState(trace=treedef.unflatten([p[1] for p in flat]))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _full_mask(fn: str, mask, params):
+  """The mask as a tree of booleans with the parameters' structure (prefix masks broadcast)."""
+  m = mask(params) if callable(mask) else mask
+  try:
+    return jax.tree.map(lambda mk, sub: jax.tree.map(lambda _: mk, sub), m, params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{fn}: weight_decay_mask does not match the params tree ("
+        + _checks.describe_tree_mismatch(params, m, "params", "mask")
+        + ")"
+    ) from e
+
+
+def decoupled_weight_decay(
+    learning_rate: Any, weight_decay: Any, mask: Any = None
+) -> optax.GradientTransformationExtraArgs:
+  r"""Decoupled weight decay: :math:`u_t \leftarrow u_t - \mathrm{lr}_t\,\mathrm{wd}\,p_{t-1}`.
+
+  Applied after the rest of the step (so after momentum), to the parameters' value before the
+  step, as Loshchilov & Hutter's AdamW and Keras do. ``mask`` (a tree of booleans shaped like the
+  parameters, or a prefix of it, or a callable returning one) limits it to the leaves marked True.
+  ``learning_rate`` may be a schedule; it is evaluated at the update count (0 first).
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
+  """
+  fn = "decoupled_weight_decay"
+  _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
+    _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    lr, state = _schedule_step(learning_rate, state)
+    flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
+
+    def leaf(u, p, on):
+      if on is False:
+        return u
+      cdt = _storage.compute_dtype(u.dtype)
+      new = (u.astype(jnp.result_type(cdt, u.dtype)) - jnp.asarray(lr, cdt) * jnp.asarray(weight_decay, cdt) * p.astype(jnp.result_type(cdt, p.dtype))).astype(u.dtype)
+      return new if on is True else jnp.where(on, new, u)
+
+    return jax.tree.map(leaf, updates, params, flags), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public optimizers.
+
+
+def rmsprop(
+    learning_rate: Any,
+    decay: Any = 0.9,
+    eps: Any = 1e-8,
+    initial_scale: Any = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: Any = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    weight_decay: Any = None,
+    weight_decay_mask: Any = None,
+    maximize: bool = False,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""RMSProp: a drop-in for :func:`optax.rmsprop` that never makes a NaN the maths does not.
+
+  .. math::
+    \nu_t &= \mathrm{decay}\,\nu_{t-1} + (1-\mathrm{decay})\,|g_t|^2 \\
+    s_t &= \hat\nu_t \quad\text{or, centered,}\quad \max(\hat\nu_t - |\hat\mu_t|^2,\,0) \\
+    d_t &= -\mathrm{lr}_t\, g_t / \sqrt{s_t + \epsilon}
+      \quad(\text{or } /(\sqrt{s_t}+\epsilon) \text{ without eps\_in\_sqrt}) \\
+    b_t &= \mathrm{momentum}\, b_{t-1} + d_t \quad (\text{update } b_t,
+      \text{ or } d_t + \mathrm{momentum}\,b_t \text{ with nesterov}) \\
+    u_t &= b_t - \mathrm{lr}_t\,\mathrm{weight\_decay}\,p_{t-1}
+
+  where :math:`\mu_t` is the average of :math:`g_t` (``centered``), hats mean division by
+  :math:`1-\mathrm{decay}^t` (``bias_correction``), :math:`\nu_0 =` ``initial_scale``,
+  :math:`\epsilon =` ``eps``, and :math:`u_t` is added to the parameters (``optax.apply_updates``).
+  With ``maximize`` the sign of :math:`d_t` flips (ascent); weight decay still shrinks.
+
+  It is the chain ``scale_by_rms -> scale_by_learning_rate -> trace -> decoupled_weight_decay``,
+  as :func:`optax.rmsprop` (plus the decay): the learning rate sits inside the momentum buffer.
+
+  Args:
+    learning_rate: a number >= 0 or an optax schedule.
+    decay: decay of the averages, in [0, 1].
+    eps: added to the denominator, >= 0.
+    initial_scale: the initial second moment, >= 0.
+    eps_in_sqrt: ``eps`` inside the square root (default, as optax) or outside (PyTorch).
+    centered: divide by the estimated standard deviation instead of the root mean square.
+    momentum: ``None`` for no momentum buffer, else in [0, 1).
+    nesterov: Nesterov momentum.
+    bias_correction: correct the averages' bias towards their initial value.
+    weight_decay: ``None`` or a decoupled decay rate >= 0.
+    weight_decay_mask: which leaves decay: a tree of booleans (or a prefix of one), or a callable
+      from params to one, as optax's masks.
+    maximize: ascend instead of descend.
+    state_dtype: ``None`` (buffers in the parameters' dtype, as optax) or a float dtype for every
+      buffer (e.g. ``jnp.float32`` for bfloat16 parameters).
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`; its state is the chain's tuple, whose
+    first element is a :class:`ScaleByRmsState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, optax_rmsprop
+    >>> f = lambda p: jnp.sum((p - 3.0) ** 2)
+    >>> tx = optax_rmsprop.rmsprop(learning_rate=0.1)
+    >>> p = jnp.zeros(2)
+    >>> state = tx.init(p)
+    >>> for _ in range(100):
+    ...   u, state = tx.update(jax.grad(f)(p), state, p)
+    ...   p = optax.apply_updates(p, u)
+    >>> bool(jnp.allclose(p, 3.0, atol=0.1))
+    True
+
+  .. warning::
+    Frameworks disagree on where ``eps`` goes and where the second moment starts: optax and
+    Keras put eps inside the root, PyTorch outside (at ``v = 1e-4, eps = 0.01`` the steps differ
+    fivefold); TF1 starts the second moment at 1, everyone else at 0; PyTorch keeps the
+    learning rate outside the momentum buffer. Use :mod:`optax_rmsprop.compat` to reproduce a
+    given framework exactly.
+
+  References:
+    Hinton, Srivastava, Swersky, `Lecture 6e of Neural Networks for Machine Learning
+    <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_, 2012.
+
+    Graves, `Generating Sequences With Recurrent Neural Networks
+    <https://arxiv.org/abs/1308.0850>`_, 2013.
+
+    `optax.rmsprop <https://optax.readthedocs.io/en/latest/api/optimizers.html#optax.rmsprop>`_.
+  """
+  fn = "rmsprop"
+  _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
+  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  _checks.check_range(fn, "momentum", momentum, 0.0, 1.0, high_open=True)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _storage.resolve_state_dtype(fn, state_dtype)
+  if weight_decay_mask is not None and weight_decay is None:
+    raise ValueError(f"{fn}(weight_decay_mask=...): a mask needs weight_decay to be set")
+  parts = [
+      scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=centered, state_dtype=state_dtype),
+      scale_by_learning_rate(learning_rate, flip_sign=not maximize),
+  ]
+  if momentum is not None:
+    parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
+  if weight_decay is not None:
+    parts.append(decoupled_weight_decay(learning_rate, weight_decay, weight_decay_mask))
+  return optax.chain(*parts)
+
+
+def adagrad(
+    learning_rate: Any,
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdaGrad, a drop-in for :func:`optax.adagrad`.
+
+  .. math::
+    \nu_t = \nu_{t-1} + |g_t|^2, \qquad u_t = -\mathrm{lr}_t\, g_t / \sqrt{\nu_t + \epsilon}
+
+  with :math:`\nu_0 =` ``initial_accumulator_value`` and :math:`\epsilon =` ``eps``. Because
+  :math:`\nu_t` only grows, the effective step :math:`\mathrm{lr}/\sqrt{\nu_t}` shrinks towards
+  zero: the behaviour RMSProp's exponential average was introduced to avoid.
+
+  Args:
+    learning_rate: a number >= 0 or an optax schedule.
+    initial_accumulator_value: :math:`\nu_0`, >= 0.
+    eps: added inside the square root, >= 0.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax_rmsprop
+    >>> tx = optax_rmsprop.adagrad(learning_rate=1.0)
+    >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
+    >>> u.round(4)  # -2 / sqrt(0.1 + 4)
+    Array([-0.9877], dtype=float32)
+
+  References:
+    Duchi, Hazan, Singer, `Adaptive Subgradient Methods for Online Learning and Stochastic
+    Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
+  """
+  fn = "adagrad"
+  _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
+  _checks.check_range(fn, "eps", eps, 0.0)
+  return optax.chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
