@@ -26,7 +26,9 @@ def _concrete_scalar(fn: str, name: str, value: Any) -> float | None:
     arr = np.asarray(value)
   except Exception as e:  # e.g. a jax array that is not concrete
     raise TypeError(f"{fn}({name}=...): {name} must be a real number, got {type(value).__name__}") from e
-  if arr.shape != () or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+  if arr.shape == () and jnp.iscomplexobj(arr) and arr.imag == 0:
+    arr = arr.real  # inject_hyperparams casts hyperparameters to complex for complex params
+  if arr.shape != () or not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
     raise TypeError(
         f"{fn}({name}={value!r}): {name} must be a real scalar, got an array of shape "
         f"{arr.shape} and dtype {arr.dtype}"
@@ -60,8 +62,8 @@ def check_range(
   too_low = x <= low if low_open else x < low
   too_high = x >= high if high_open else x > high
   if too_low or too_high:
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
+    lo = "(" if low_open or low == -math.inf else "["
+    hi = ")" if high_open or high == math.inf else "]"
     lo_s = "-inf" if low == -math.inf else f"{low:g}"
     hi_s = "inf" if high == math.inf else f"{high:g}"
     raise ValueError(f"{fn}({name}={value!r}): {name} must be in {lo}{lo_s}, {hi_s}{hi}, got {x:g}{hint}")
@@ -113,7 +115,7 @@ def check_same_structure(fn: str, expected, got, expected_name: str, got_name: s
 
 def check_same_shapes(fn: str, expected, got, expected_name: str, got_name: str) -> None:
   """Raises ValueError naming the first leaf whose shape differs (trees already match)."""
-  for (path, e), g in zip(jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got)):
+  for (path, e), g in zip(jax.tree_util.tree_flatten_with_path(expected)[0], jax.tree.leaves(got), strict=True):
     if jnp.shape(e) != jnp.shape(g):
       raise ValueError(
           f"{fn}: leaf {_path_str(path)} has shape {jnp.shape(g)} in the {got_name} but "

@@ -11,14 +11,13 @@ returns updates in the gradients' dtype.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _checks
-from optax_rmsprop import _storage
+from optax_rmsprop import _checks, _storage
 
 __all__ = [
     "ScaleByRmsState",
@@ -111,7 +110,7 @@ def _scale_by_second_moment(
 
     def correction(cdt):
       if cdt not in corrections:
-        d = jnp.asarray(decay, cdt)
+        d = _storage.hyper(decay, cdt)
         c = 1 - d ** count_inc.astype(cdt)
         # decay == 1 makes the factor 0 (0/0 in the maths): fall back to no correction.
         corrections[cdt] = jnp.where(c > 0, c, jnp.ones_like(c))
@@ -119,29 +118,30 @@ def _scale_by_second_moment(
 
     def leaf(g, nu, mu):
       cdt = _storage.compute_dtype(g.dtype)
-      d = jnp.asarray(decay, cdt)
-      gc = g.astype(jnp.result_type(cdt, g.dtype)) if jnp.iscomplexobj(g) else g.astype(cdt)
+      d = _storage.hyper(decay, cdt)
+      gc = g.astype(_storage.work_dtype(g.dtype))
       g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
       nu_c = _storage.load(nu, cdt)
       nu_new = nu_c + g2 if accumulate else (1 - d) * g2 + d * nu_c
       nu_new = _storage.clamp(nu_new, nu)
       nu_hat = nu_new / correction(cdt) if bias_correction else nu_new
       if centered:
-        mu_new = _storage.clamp((1 - d) * gc + d * _storage.load(mu, cdt), mu)
-        mu_hat = mu_new / correction(cdt) if bias_correction else mu_new
+        dw = d.astype(gc.dtype)
+        mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
+        mu_hat = mu_new / correction(cdt).astype(mu_new.dtype) if bias_correction else mu_new
         m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
         # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
         var = jnp.maximum(nu_hat - m2, 0)
         mu_out = _storage.store(mu_new, mu)
       else:
         var, mu_out = nu_hat, None
-      e = jnp.asarray(eps, cdt)
+      e = _storage.hyper(eps, cdt)
       den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
       # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
       safe = den > 0
       inv = jax.lax.rsqrt(jnp.where(safe, den, 1)) if eps_in_sqrt else 1 / jnp.where(safe, den, 1)
       scale = jnp.where(safe, inv, 0)
-      return (gc * scale).astype(g.dtype), _storage.store(nu_new, nu), mu_out
+      return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.store(nu_new, nu), mu_out
 
     mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
     triples = jax.tree.map(leaf, updates, state.nu, mus, is_leaf=lambda x: x is None)
@@ -293,8 +293,8 @@ def _schedule_step(learning_rate, state):
 
 def _mul(u, factor):
   """``u * factor`` in compute precision, returned in ``u``'s dtype."""
-  cdt = _storage.compute_dtype(u.dtype)
-  return (u.astype(jnp.result_type(cdt, u.dtype)) * jnp.asarray(factor, cdt)).astype(u.dtype)
+  w = _storage.work_dtype(u.dtype)
+  return (u.astype(w) * _storage.hyper(factor, _storage.compute_dtype(u.dtype)).astype(w)).astype(u.dtype)
 
 
 def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> optax.GradientTransformationExtraArgs:
@@ -343,8 +343,8 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
     def leaf(u, b):
       cdt = _storage.compute_dtype(u.dtype)
-      d = jnp.asarray(decay, cdt)
-      uc = u.astype(jnp.result_type(cdt, u.dtype))
+      uc = u.astype(_storage.work_dtype(u.dtype))
+      d = _storage.hyper(decay, cdt).astype(uc.dtype)
       b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
       out = uc + d * b_new if nesterov else b_new
       return out.astype(u.dtype), _storage.store(b_new, b)
@@ -399,8 +399,9 @@ def decoupled_weight_decay(
     def leaf(u, p, on):
       if on is False:
         return u
-      cdt = _storage.compute_dtype(u.dtype)
-      new = (u.astype(jnp.result_type(cdt, u.dtype)) - jnp.asarray(lr, cdt) * jnp.asarray(weight_decay, cdt) * p.astype(jnp.result_type(cdt, p.dtype))).astype(u.dtype)
+      cdt, w = _storage.compute_dtype(u.dtype), _storage.work_dtype(u.dtype)
+      rate = (_storage.hyper(lr, cdt) * _storage.hyper(weight_decay, cdt)).astype(w)
+      new = (u.astype(w) - rate * p.astype(w)).astype(u.dtype)
       return new if on is True else jnp.where(on, new, u)
 
     return jax.tree.map(leaf, updates, params, flags), state

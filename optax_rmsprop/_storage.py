@@ -44,11 +44,27 @@ def real_dtype(dtype) -> np.dtype:
 
 def compute_dtype(dtype) -> np.dtype:
   """The real dtype arithmetic is done in: at least float32, wider when the input is wider."""
-  return jnp.promote_types(real_dtype(dtype), jnp.float32)
+  real = real_dtype(dtype)
+  return jnp.dtype(jnp.float32) if real.itemsize < 4 else real
 
 
 def _complex_of(dtype) -> np.dtype:
-  return jnp.result_type(dtype, jnp.complex64) if jnp.dtype(dtype).itemsize <= 4 else jnp.dtype(jnp.complex128)
+  return jnp.dtype(jnp.complex64) if jnp.dtype(dtype).itemsize <= 4 else jnp.dtype(jnp.complex128)
+
+
+def work_dtype(dtype) -> np.dtype:
+  """The dtype a value of ``dtype`` is computed in: :func:`compute_dtype`, complex if it is."""
+  cdt = compute_dtype(dtype)
+  return _complex_of(cdt) if jnp.issubdtype(dtype, jnp.complexfloating) else cdt
+
+
+def hyper(value, cdt):
+  """A hyperparameter as a ``cdt`` scalar. ``inject_hyperparams`` hands complex parameters'
+  hyperparameters over as complex arrays (with a zero imaginary part): their real part is used."""
+  x = jnp.asarray(value)
+  if jnp.iscomplexobj(x):
+    x = jnp.real(x)
+  return x.astype(cdt)
 
 
 def buffer_dtype(param_dtype, spec, *, real: bool) -> np.dtype:
@@ -76,9 +92,9 @@ def _like_param(param, value, dtype):
   if not isinstance(param, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
     # An abstract leaf (jax.ShapeDtypeStruct) or a Python scalar.
     sharding = getattr(param, "sharding", None)
-    return jnp.full(jnp.shape(param), value, dtype=dtype, device=sharding)
+    return jnp.full(jnp.shape(param), hyper(value, real_dtype(dtype)), dtype=dtype, device=sharding)
   probe = jnp.isnan(jnp.real(param)) if jnp.issubdtype(param.dtype, jnp.complexfloating) else jnp.isnan(param)
-  v = jnp.asarray(value, dtype=dtype)
+  v = hyper(value, real_dtype(dtype)).astype(dtype)
   return jnp.where(probe, v, v)
 
 
