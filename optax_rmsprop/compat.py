@@ -24,8 +24,8 @@ DQN 2015      inside                       0                   no momentum      
 The only intended differences from the sources are where theirs make a NaN the maths does not:
 the centered variance ``v - m^2`` is clamped at 0 (theirs can go slightly negative by rounding
 and give NaN), and a zero denominator (``eps=0`` with a zero gradient) gives a zero step instead
-of ``0/0``. Complex parameters follow the core's convention (a real second moment ``|g|^2``);
-PyTorch instead treats the real and imaginary parts as two real parameters.
+of ``0/0``. Complex parameters: the PyTorch ports treat the real and imaginary parts as two real
+parameters, as PyTorch does; the other ports keep the core's one real second moment ``|g|^2``.
 """
 
 from __future__ import annotations
@@ -156,6 +156,42 @@ def clip_by_tensor_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
 # PyTorch.
 
 
+def _is_complex(x) -> bool:
+  dtype = getattr(x, "dtype", None)
+  return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def _as_real(x):
+  """A complex array as a real one with a trailing axis of 2 (real, imaginary): ``view_as_real``."""
+  if not _is_complex(x):
+    return x
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct((*x.shape, 2), _storage.real_dtype(x.dtype))
+  return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _complex_as_real_pairs(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Runs ``inner`` on complex leaves viewed as pairs of reals, as PyTorch's optimizers do.
+
+  PyTorch keeps a separate second moment for the real and the imaginary part of a complex
+  parameter (``torch.view_as_real``); the core keeps one real :math:`|g|^2`. Real leaves pass
+  through untouched; complex leaves' buffers get a trailing axis of 2.
+  """
+
+  def init_fn(params):
+    return inner.init(jax.tree.map(_as_real, params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    real_params = None if params is None else jax.tree.map(_as_real, params)
+    new, state = inner.update(jax.tree.map(_as_real, updates), state, real_params, **extra_args)
+    back = lambda n, u: jax.lax.complex(n[..., 0], n[..., 1]) if _is_complex(u) else n
+    return jax.tree.map(back, new, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+
+
 def torch_rmsprop(
     lr: Any = 0.01,
     alpha: Any = 0.99,
@@ -210,6 +246,8 @@ def torch_rmsprop(
     (learning rate inside) let old steps keep their old learning rate. Its momentum does not
     damp (``b = momentum * b + step``). The centered variance is clamped at 0 here; PyTorch's
     can go NaN. PyTorch accepts ``momentum >= 1`` (a divergent setting); this port refuses it.
+    As PyTorch, complex parameters are optimized as pairs of reals (separate second moments for
+    the real and imaginary parts; their buffers have a trailing axis of 2).
 
   References:
     `torch.optim.RMSprop <https://docs.pytorch.org/docs/stable/generated/torch.optim.RMSprop.html>`_
@@ -233,7 +271,7 @@ def torch_rmsprop(
   if _present(momentum):
     parts.append(trace(momentum))  # before the learning rate: lr outside the buffer
   parts.append(scale_by_learning_rate(lr))
-  return optax.chain(*parts)
+  return _complex_as_real_pairs(optax.chain(*parts))
 
 
 def _torch_adagrad_lr(lr: Any, lr_decay: Any):
@@ -292,7 +330,8 @@ def torch_adagrad(
   .. warning::
     PyTorch's AdaGrad starts the accumulator at 0 and puts ``eps`` (1e-10) outside the root;
     optax and Keras start it at 0.1 and put ``eps`` inside. A zero denominator (``eps=0`` and
-    no gradient yet) gives a zero step here, NaN in PyTorch.
+    no gradient yet) gives a zero step here, NaN in PyTorch. As PyTorch, complex parameters are
+    optimized as pairs of reals.
 
   References:
     `torch.optim.Adagrad <https://docs.pytorch.org/docs/stable/generated/torch.optim.Adagrad.html>`_
@@ -310,7 +349,7 @@ def torch_adagrad(
   parts = [coupled_weight_decay(weight_decay)] if _present(weight_decay) else []
   parts.append(scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
   parts.append(scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
-  return optax.chain(*parts)
+  return _complex_as_real_pairs(optax.chain(*parts))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -410,6 +410,39 @@ def test_torch_defaults_live():
     assert_same_trajectory(run_ours(tx), np.stack(out), f"ours-vs-torch:defaults[{make.__name__}]")
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(centered=True, momentum=0.9), dict(weight_decay=0.1, maximize=True, momentum=0.5, centered=True)],
+    ids=_id,
+)
+@pytest.mark.parametrize("which", ["RMSprop", "Adagrad"])
+def test_complex_parameters_match_torch_live(which, kwargs):
+  """PyTorch optimizes a complex parameter as two reals (view_as_real): so do the PyTorch ports."""
+  torch = pytest.importorskip("torch")
+  if which == "Adagrad":
+    kwargs = {k: v for k, v in kwargs.items() if k == "weight_decay"} | dict(lr_decay=0.01, initial_accumulator_value=0.1)
+  rng = np.random.default_rng(7)
+  p0 = rng.normal(size=6) + 1j * rng.normal(size=6)
+  target = rng.normal(size=6) + 1j * rng.normal(size=6)
+  noise = 0.3 * (rng.normal(size=(40, 6)) + 1j * rng.normal(size=(40, 6)))
+  make = compat.torch_rmsprop if which == "RMSprop" else compat.torch_adagrad
+  tx = make(lr=0.05, **kwargs)
+  p = jnp.asarray(p0, jnp.complex128)
+  state, update = tx.init(p), jax.jit(tx.update)
+  tp = torch.tensor(p0, dtype=torch.complex128, requires_grad=True)
+  opt = getattr(torch.optim, which)([tp], lr=0.05, **kwargs)
+  for t in range(40):
+    g = (np.asarray(p) - target) + noise[t]
+    u, state = update(jnp.asarray(g, jnp.complex128), state, p)
+    p = optax.apply_updates(p, u)
+    tp.grad = torch.from_numpy((tp.detach().numpy() - target) + noise[t])
+    opt.step()
+  got, want = np.asarray(p), tp.detach().numpy()
+  MAX_REL["ours-vs-torch:complex"] = max(MAX_REL.get("ours-vs-torch:complex", 0.0),
+                                         float(np.max(np.abs(got - want) / np.abs(want))))
+  np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
 # ---------------------------------------------------------------------------------------------
 # Live against Keras 3 (JAX backend). Keras's eager step costs ~20 ms, so the live comparison
 # covers a spread of the grid (every flag value, all four clipping modes); the NumPy reference,
