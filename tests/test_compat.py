@@ -19,6 +19,7 @@ import functools
 import itertools
 import math
 import os
+import sys
 from collections.abc import Callable
 
 import jax
@@ -451,7 +452,7 @@ def test_complex_parameters_match_torch_live(which, kwargs):
 
 @pytest.fixture(scope="module")
 def keras():
-  if "keras" not in __import__("sys").modules:
+  if "keras" not in sys.modules:
     os.environ["KERAS_BACKEND"] = "jax"
   keras = pytest.importorskip("keras")
   if keras.backend.backend() != "jax":
@@ -626,7 +627,7 @@ def test_bad_input_names_the_argument(make, kwargs, message):
 
 def test_tf1_learning_rate_is_required():
   with pytest.raises(TypeError):
-    compat.tf1_rmsprop()  # pytype: disable=missing-parameter
+    compat.tf1_rmsprop()
 
 
 def test_schedules_and_traced_values_are_not_validated_at_construction():
