@@ -37,14 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_rmsprop import _checks, _storage
-from optax_rmsprop._rmsprop import (
-    decoupled_weight_decay,
-    scale_by_learning_rate,
-    scale_by_rms,
-    scale_by_rss,
-    trace,
-)
+from optax_rmsprop import _checks, _rmsprop, _storage
 
 __all__ = [
     "clip_by_tensor_norm",
@@ -267,10 +260,10 @@ def torch_rmsprop(
     parts.append(optax.scale(-1.0))
   if _present(weight_decay):
     parts.append(coupled_weight_decay(weight_decay))
-  parts.append(scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered))
+  parts.append(_rmsprop.scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered))
   if _present(momentum):
-    parts.append(trace(momentum))  # before the learning rate: lr outside the buffer
-  parts.append(scale_by_learning_rate(lr))
+    parts.append(_rmsprop.trace(momentum))  # before the learning rate: lr outside the buffer
+  parts.append(_rmsprop.scale_by_learning_rate(lr))
   return _complex_as_real_pairs(optax.chain(*parts))
 
 
@@ -347,8 +340,8 @@ def torch_adagrad(
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
   _checks.check_range(fn, "eps", eps, 0.0)
   parts = [coupled_weight_decay(weight_decay)] if _present(weight_decay) else []
-  parts.append(scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
-  parts.append(scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
+  parts.append(_rmsprop.scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
+  parts.append(_rmsprop.scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
   return _complex_as_real_pairs(optax.chain(*parts))
 
 
@@ -363,7 +356,9 @@ def _keras_clipping(fn: str, clipnorm: Any, clipvalue: Any, global_clipnorm: Any
   given = [n for n, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm))
            if v is not None]
   if len(given) > 1:
-    raise ValueError(f"{fn}({'=..., '.join(given)}=...): only one of clipnorm, clipvalue and global_clipnorm can be set")
+    raise ValueError(
+        f"{fn}({'=..., '.join(given)}=...): only one of clipnorm, clipvalue and global_clipnorm can be set"
+    )
   if clipnorm is not None:
     return [clip_by_tensor_norm(clipnorm)]
   if global_clipnorm is not None:
@@ -451,12 +446,12 @@ def keras_rmsprop(
   _checks.check_range(fn, "epsilon", epsilon, 0.0)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
   parts = _keras_clipping(fn, clipnorm, clipvalue, global_clipnorm)
-  parts.append(scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered))
-  parts.append(scale_by_learning_rate(learning_rate))
+  parts.append(_rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered))
+  parts.append(_rmsprop.scale_by_learning_rate(learning_rate))
   if _present(momentum):
-    parts.append(trace(momentum))  # after the learning rate: lr inside the buffer
+    parts.append(_rmsprop.trace(momentum))  # after the learning rate: lr inside the buffer
   if weight_decay is not None:
-    parts.append(decoupled_weight_decay(learning_rate, weight_decay))
+    parts.append(_rmsprop.decoupled_weight_decay(learning_rate, weight_decay))
   return optax.chain(*parts)
 
 
@@ -507,7 +502,8 @@ def keras_adagrad(
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
   _checks.check_range(fn, "epsilon", epsilon, 0.0)
   return optax.chain(
-      scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True), scale_by_learning_rate(learning_rate)
+      _rmsprop.scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True),
+      _rmsprop.scale_by_learning_rate(learning_rate),
   )
 
 
@@ -573,9 +569,12 @@ def tf1_rmsprop(
   _checks.check_range(fn, "decay", decay, 0.0, 1.0)
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "epsilon", epsilon, 0.0)
-  parts = [scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered), scale_by_learning_rate(learning_rate)]
+  parts = [
+      _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered),  # ms starts at 1
+      _rmsprop.scale_by_learning_rate(learning_rate),
+  ]
   if _present(momentum):
-    parts.append(trace(momentum))
+    parts.append(_rmsprop.trace(momentum))
   return optax.chain(*parts)
 
 
@@ -629,9 +628,12 @@ def graves_rmsprop(
   _checks.check_range(fn, "decay", decay, 0.0, 1.0)
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "eps", eps, 0.0)
-  parts = [scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True), scale_by_learning_rate(learning_rate)]
+  parts = [
+      _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
+      _rmsprop.scale_by_learning_rate(learning_rate),
+  ]
   if _present(momentum):
-    parts.append(trace(momentum))
+    parts.append(_rmsprop.trace(momentum))
   return optax.chain(*parts)
 
 
@@ -684,6 +686,7 @@ def dqn_rmsprop(
   _checks.check_range(fn, "decay", decay, 0.0, 1.0)
   _checks.check_range(fn, "eps", eps, 0.0)
   return optax.chain(
-      scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True), scale_by_learning_rate(learning_rate)
+      _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
+      _rmsprop.scale_by_learning_rate(learning_rate),
   )
 

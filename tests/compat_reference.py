@@ -197,7 +197,8 @@ class GravesRMSProp(_Reference):
     for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
       self.n[i] = self.aleph * self.n[i] + (1 - self.aleph) * g**2  # (38)
       self.gbar[i] = self.aleph * self.gbar[i] + (1 - self.aleph) * g  # (39)
-      self.delta[i] = self.beth * self.delta[i] - gimel * g / np.sqrt(self.n[i] - self.gbar[i] ** 2 + self.daleth)  # (40)
+      root = np.sqrt(self.n[i] - self.gbar[i] ** 2 + self.daleth)
+      self.delta[i] = self.beth * self.delta[i] - gimel * g / root  # (40)
       p += self.delta[i]  # (41)
     self.t += 1
 
