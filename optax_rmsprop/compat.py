@@ -12,7 +12,7 @@ get the same trajectory (to float rounding, tested live against ``torch.optim`` 
 Where the frameworks differ (and what each constructor reproduces):
 
 ============  ===========================  ==================  ======================  ==================
-framework     eps                          second moment at 0  momentum buffer holds   weight decay
+framework     eps                          initial 2nd moment  momentum buffer holds   weight decay
 ============  ===========================  ==================  ======================  ==================
 PyTorch       outside: g/(sqrt(v)+eps)     0                   g/d (lr outside)        coupled L2: g+wd*p
 Keras 3       inside: g/sqrt(v+eps)        0                   lr*g/d (lr inside)      decoupled, pre-step
