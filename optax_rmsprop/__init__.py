@@ -1,5 +1,6 @@
 """RMSProp for JAX as Optax gradient transformations."""
 
+from optax_rmsprop import compat as compat
 from optax_rmsprop._rmsprop import ScaleByRmsState as ScaleByRmsState
 from optax_rmsprop._rmsprop import TraceState as TraceState
 from optax_rmsprop._rmsprop import adagrad as adagrad
