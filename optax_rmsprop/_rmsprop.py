@@ -67,7 +67,10 @@ class TraceState(NamedTuple):
 
 def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state") -> None:
   """Fails with a readable message when ``updates`` does not fit the state built by ``init``."""
-  if not isinstance(buffers, (dict, list, tuple)) and buffers is not None and not _storage.is_buffer(buffers):
+  # Any pytree container may hold the buffers (dicts, tuples, flax's nnx.State, ...); a leaf
+  # that is not an array means the state came from somewhere else.
+  is_leaf = jax.tree_util.treedef_is_leaf(jax.tree.structure(buffers))
+  if is_leaf and buffers is not None and not _storage.is_buffer(buffers):
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
   _checks.check_same_structure(fn, buffers, updates, buffers_name, "gradient")
   _checks.check_same_shapes(fn, buffers, updates, buffers_name, "gradient")
