@@ -107,3 +107,10 @@ def test_matching_prefix_mask_is_accepted_and_applied():
   # Zero gradients give a zero RMSProp step, so the update is u = -lr * wd * p on masked leaves.
   assert jnp.allclose(updates["a"], -0.1 * 0.5 * 2.0)
   assert bool(jnp.all(updates["b"] == 0))
+
+
+def test_state_whose_buffers_are_not_arrays_is_rejected():
+  tx = optax_rmsprop.scale_by_rms()
+  state = tx.init(PARAMS)._replace(nu="not a buffer")
+  with pytest.raises(TypeError, match=r"scale_by_rms: the state passed to update\(\) was not made by this"):
+    tx.update(PARAMS, state)
