@@ -144,3 +144,13 @@ def test_optax_rmsprop_state_is_not_sharded_like_its_parameters(report):
   assert all(leaf["same_as_param"] for leaf in explicit["state"] if leaf["param"]), msg
   assert "error" in optax_runs["Explicit/no_context/plain"], msg
   assert not any(r["collectives"] for r in optax_runs.values() if "collectives" in r)
+
+
+def test_orbax_restores_sharded_state_with_the_shardings_of_jitted_init(report):
+  # The README's recipe for a sharded restore target: eval_shape for shapes, the compiled
+  # init's output shardings for placement.
+  for axis_type, result in report["checkpoint"].items():
+    assert result["values_equal"], axis_type
+    assert result["same_sharding_as_saved"], axis_type
+    nu_w = next(leaf for leaf in result["state"] if leaf["path"].endswith(".nu['w']"))
+    assert nu_w["sharding"] == {"kind": "named", "spec": "P('data', 'model')", "devices": 8}, axis_type
