@@ -69,12 +69,13 @@ def same_layout(a, b, ndim: int = 2) -> bool:
   return len(a.device_set) == len(b.device_set) and a.is_equivalent_to(b, ndim)
 
 
-def make_params(mesh):
+def make_params(mesh, poison=None):
+  """Random parameters placed on ``mesh``; ``poison`` maps a name to (index, value) to plant."""
   rng = np.random.default_rng(0)
-  return {
-      k: jax.device_put(jnp.asarray(rng.normal(size=shape), jnp.float32), NamedSharding(mesh, spec))
-      for k, (shape, spec) in LAYOUT.items()
-  }
+  host = {k: rng.normal(size=shape).astype(np.float32) for k, (shape, _) in LAYOUT.items()}
+  for k, (index, value) in (poison or {}).items():
+    host[k][index] = value
+  return {k: jax.device_put(host[k], NamedSharding(mesh, spec)) for k, (_, spec) in LAYOUT.items()}
 
 
 def probe(tx, params, ctx, reference=None):
@@ -161,6 +162,25 @@ def sharded_checkpoint(mesh, params) -> dict:
   }
 
 
+def nonfinite_params_init(mesh) -> dict:
+  """``jax.jit(tx.init)`` on sharded parameters holding NaN and inf: the buffers must still be
+  their constant fill (``p * 0`` would give NaN) and sharded like the parameters."""
+  params = make_params(mesh, {"w": ((0, 0), np.nan), "b": (1, np.inf), "v": ((2, 3), -np.inf)})
+  tx = optax_rmsprop.rmsprop(0.01, initial_scale=0.5, centered=True, momentum=0.9)
+  state = jax.jit(tx.init)(params)
+  rms, trace = state[0], state[2]
+  return {
+      "nu_is_fill": all(bool(np.all(np.asarray(v) == 0.5)) for v in rms.nu.values()),
+      "mu_is_zero": all(bool(np.all(np.asarray(v) == 0)) for v in rms.mu.values()),
+      "trace_is_zero": all(bool(np.all(np.asarray(v) == 0)) for v in trace.trace.values()),
+      "sharded_like_params": all(
+          same_layout(buf[k].sharding, params[k].sharding, params[k].ndim)
+          for buf in (rms.nu, rms.mu, trace.trace)
+          for k in params
+      ),
+  }
+
+
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
   report = {"jax": jax.__version__, "optax": optax.__version__, "devices": jax.device_count(), "runs": []}
@@ -183,6 +203,7 @@ def main() -> None:
           run["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         report["runs"].append(run)
   report["params"] = {k: describe(v.sharding) for k, v in params.items()}
+  report["nonfinite_params_init"] = nonfinite_params_init(mesh)
   report["checkpoint"] = {}
   for axis_name in ("Auto", "Explicit"):
     axis_type = getattr(AxisType, axis_name)

@@ -154,3 +154,13 @@ def test_orbax_restores_sharded_state_with_the_shardings_of_jitted_init(report):
     assert result["same_sharding_as_saved"], axis_type
     nu_w = next(leaf for leaf in result["state"] if leaf["path"].endswith(".nu['w']"))
     assert nu_w["sharding"] == {"kind": "named", "spec": "P('data', 'model')", "devices": 8}, axis_type
+
+
+def test_init_on_sharded_nan_and_inf_params_gives_finite_sharded_buffers(report):
+  # Buffers are made by a select on isnan(p), not p * 0 (NaN where p is inf or NaN).
+  assert report["nonfinite_params_init"] == {
+      "nu_is_fill": True,
+      "mu_is_zero": True,
+      "trace_is_zero": True,
+      "sharded_like_params": True,
+  }
