@@ -396,6 +396,7 @@ def decoupled_weight_decay(
     if params is None:
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    _checks.check_same_shapes(fn, params, updates, "params", "gradient")
     lr, state = _schedule_step(learning_rate, state)
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
 
