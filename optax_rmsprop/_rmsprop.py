@@ -67,7 +67,8 @@ class TraceState(NamedTuple):
 
 def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state") -> None:
   """Fails with a readable message when ``updates`` does not fit the state built by ``init``."""
-  if not isinstance(buffers, (dict, list, tuple)) and buffers is not None and not _storage.is_buffer(buffers):
+  # Any pytree container is fine (dict, nnx.State, FrozenDict, a registered class...); its leaves must be buffers.
+  if not all(_storage.is_buffer(leaf) for leaf in jax.tree.leaves(buffers)):
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
   _checks.check_same_structure(fn, buffers, updates, buffers_name, "gradient")
   _checks.check_same_shapes(fn, buffers, updates, buffers_name, "gradient")
