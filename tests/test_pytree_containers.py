@@ -26,9 +26,13 @@ def _train(tx):
   model = nnx.Linear(3, 2, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.arange(12, dtype=jnp.float32).reshape(4, 3) / 12
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
   for _ in range(5):
-    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
-    optimizer.update(model, grads)
+    step(model, optimizer)
   return np.asarray(model.kernel[...]), np.asarray(model.bias[...])
 
 
