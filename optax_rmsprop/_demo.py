@@ -108,7 +108,8 @@ class OptimizerResult:
   """What one optimizer reached.
 
   ``train_curve``/``test_curve`` hold ``steps + 1`` float losses: before each update, then after
-  the last one. ``ms_per_step`` is the mean wall time of a step after compilation.
+  the last one. ``ms_per_step`` is the mean wall time of a step after compilation (the update and
+  the test-set forward pass that records the test curve).
   """
 
   name: str
@@ -311,6 +312,8 @@ def run(
   if steps < 1:
     raise ValueError(f"run(steps={steps!r}): steps must be at least 1")
   out = pathlib.Path(out)
+  for module, package in (("tqdm", "tqdm"), ("matplotlib", "matplotlib")):
+    _require(module, package)  # fail before training, not after
 
   x, y, x_test, y_test = load_digits(seed)
   data = tuple(jnp.asarray(a) for a in (x, y, x_test, y_test))

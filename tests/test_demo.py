@@ -146,9 +146,11 @@ def test_python_m_exits_2_with_one_line(argv, message, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_missing_extra_is_named(tmp_path, capsys, monkeypatch):
-  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were not installed
+@pytest.mark.parametrize("module, package", [("sklearn.datasets", "scikit-learn"), ("matplotlib", "matplotlib")])
+def test_missing_extra_is_named_before_training(module, package, tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+  monkeypatch.setattr(_demo, "_train", lambda *args: pytest.fail("trained without a needed package"))
   assert _cli.main(["demo", "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress"]) == 1
   lines = capsys.readouterr().err.splitlines()
-  assert len(lines) == 1 and "needs scikit-learn" in lines[0] and "pip install 'optax_rmsprop[dev]'" in lines[0]
+  assert len(lines) == 1 and f"needs {package}" in lines[0] and "pip install 'optax_rmsprop[dev]'" in lines[0]
   assert not (tmp_path / "x.png").exists()
