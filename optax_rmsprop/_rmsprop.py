@@ -67,7 +67,8 @@ class TraceState(NamedTuple):
 
 def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state") -> None:
   """Fails with a readable message when ``updates`` does not fit the state built by ``init``."""
-  # Any pytree container is fine (dict, nnx.State, FrozenDict, a registered class...); its leaves must be buffers.
+  # Any pytree container may hold the buffers (dicts, tuples, flax's nnx.State, ...); a leaf
+  # that is not an array means the state came from somewhere else.
   if not all(_storage.is_buffer(leaf) for leaf in jax.tree.leaves(buffers)):
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
   _checks.check_same_structure(fn, buffers, updates, buffers_name, "gradient")
@@ -394,6 +395,7 @@ def decoupled_weight_decay(
     if params is None:
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    _checks.check_same_shapes(fn, params, updates, "params", "gradient")
     lr, state = _schedule_step(learning_rate, state)
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
 
