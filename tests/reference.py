@@ -45,26 +45,39 @@ def _abs_sq(x) -> np.ndarray:
   return (x.real * x.real + x.imag * x.imag) if np.iscomplexobj(x) else x * x
 
 
+def _finfo_max(dtype) -> float:
+  try:
+    return float(np.finfo(dtype).max)
+  except ValueError:  # bfloat16 (an ml_dtypes type, which NumPy's finfo does not know)
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dtype).max)
+
+
 def _finite_clamp(x, dtype) -> np.ndarray:
   """Clamp to the finite range of ``dtype`` (real and imaginary parts separately); NaN stays NaN."""
-  big = np.finfo(dtype).max
+  real = x.real.dtype
+  big = min(_finfo_max(dtype), _finfo_max(real))
   if np.iscomplexobj(x):
     return np.clip(x.real, -big, big) + 1j * np.clip(x.imag, -big, big)
   return np.clip(x, -big, big)
 
 
-def _store(x, dtype, state_dtype):
-  """A buffer as kept between steps: clamped to the storage type's finite range, rounded to it,
-  and read back in compute precision ``dtype`` (complex buffers stay complex)."""
-  storage = np.dtype(state_dtype if state_dtype is not None else dtype)
-  x = _finite_clamp(x, storage)
+def _storage_dtype(dtype, state_dtype) -> np.dtype:
+  return np.dtype(state_dtype if state_dtype is not None else dtype)
+
+
+def _rounded(x, dtype, state_dtype):
+  """A buffer as kept between steps: rounded to its storage dtype and read back in ``dtype``."""
+  storage = _storage_dtype(dtype, state_dtype)
   if np.iscomplexobj(x):
     return (x.real.astype(storage).astype(dtype) + 1j * x.imag.astype(storage).astype(dtype)).astype(_complex_of(dtype))
   return x.astype(storage).astype(dtype)
 
 
 def _lr_at(learning_rate, t: int) -> float:
-  return float(learning_rate(t - 1)) if callable(learning_rate) else float(learning_rate)
+  # Schedules see the update count as optax keeps it: an int32 starting at 0.
+  return float(learning_rate(np.int32(t - 1))) if callable(learning_rate) else float(learning_rate)
 
 
 def rmsprop_init(params: Sequence[Any], *, initial_scale: float = 0.0, dtype=np.float64) -> dict:
@@ -101,7 +114,8 @@ def rmsprop_step(
 ) -> tuple[list[np.ndarray], dict]:
   """One RMSProp update. Returns ``(updates, new_state)``; ``state`` is not modified.
 
-  Arithmetic is in ``dtype``; buffers are stored in ``state_dtype`` (default ``dtype``).
+  Arithmetic is in ``dtype``; buffers are clamped to the finite range of ``state_dtype`` (default
+  ``dtype``), used at that precision in this step, and rounded to ``state_dtype`` when kept.
   """
   del initial_scale
   t = state["t"] + 1
@@ -120,9 +134,12 @@ def rmsprop_step(
   with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
     for i, g in enumerate(grads):
       g = _work(g, dtype)
-      # Second moment (real) and, centered, the mean gradient; stored clamped to a finite range.
-      nu = _store(d * state["nu"][i] + (one - d) * _abs_sq(g), dtype, state_dtype)
-      mu = _store(d * state["mu"][i] + (one - d) * g, dtype, state_dtype)
+      # Second moment (real) and, centered, the mean gradient.
+      # Buffers are clamped to their storage type's finite range; this step uses them in compute
+      # precision, and they are rounded to the storage type when kept.
+      storage = _storage_dtype(dtype, state_dtype)
+      nu = _finite_clamp(d * state["nu"][i] + (one - d) * _abs_sq(g), storage)
+      mu = _finite_clamp(d * state["mu"][i] + (one - d) * g, storage)
       nu_hat = nu / correction if bias_correction else nu
       if centered:
         mu_hat = mu / correction if bias_correction else mu
@@ -140,14 +157,14 @@ def rmsprop_step(
       step = (lr if maximize else -lr) * step
       b = state["trace"][i]
       if momentum is not None:
-        b = _store(step + dtype(momentum) * b, dtype, state_dtype)
+        b = _finite_clamp(step + dtype(momentum) * b, storage)
         step = step + dtype(momentum) * b if nesterov else b
       if weight_decay is not None and mask[i]:
         step = step - lr * dtype(weight_decay) * _work(params[i], dtype)
       updates.append(step.astype(g.dtype))
-      new["nu"].append(nu)
-      new["mu"].append(mu)
-      new["trace"].append(b)
+      new["nu"].append(_rounded(nu, dtype, state_dtype))
+      new["mu"].append(_rounded(mu, dtype, state_dtype))
+      new["trace"].append(_rounded(b, dtype, state_dtype))
   return updates, new
 
 
