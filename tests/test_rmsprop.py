@@ -488,7 +488,18 @@ _NUMERIC_ARGS = {
     "scale_by_rms": ("decay", "eps", "initial_scale"),
     "scale_by_rss": ("initial_accumulator_value", "eps"),
 }
-_BAD += [(f, a, v, "finite") for f, args in _NUMERIC_ARGS.items() for a in args for v in (_NAN, _INF, -_INF)]
+_RANGES = dict(
+    learning_rate=r"\[0, inf\)",
+    decay=r"\[0, 1\]",
+    eps=r"\[0, inf\)",
+    initial_scale=r"\[0, inf\)",
+    initial_accumulator_value=r"\[0, inf\)",
+    momentum=r"\[0, 1\)",
+    weight_decay=r"\[0, inf\)",
+)
+_BAD += [
+    (f, a, v, "finite.*" + _RANGES[a]) for f, args in _NUMERIC_ARGS.items() for a in args for v in (_NAN, _INF, -_INF)
+]
 
 
 def _call(fn, arg, value):
