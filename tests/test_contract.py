@@ -273,7 +273,8 @@ def test_inject_hyperparams_matches_constants(case):
   if not case.numeric:
     pytest.skip(f"{case.id} declares no numeric hyperparameters")
   sig = inspect.signature(case.make).parameters
-  static = tuple(n for n in sig if n not in case.numeric)
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  static = tuple(n for n, p in sig.items() if p.kind in named and n not in case.numeric)
   inject = optax.inject_hyperparams(case.make, static_args=static)
   values = _numeric_values(case)
   injected = inject(**{**case.kwargs, **values})
