@@ -129,14 +129,14 @@ def _scale_by_second_moment(
 
     scalars = _per_dtype(scalars)
 
-    def leaf(g, nu, mu):
+    def leaf(g, nu, mu, hyper):
       cdt = _storage.compute_dtype(g.dtype)
-      d, one_minus_d, e, corr = scalars(cdt)
+      d, one_minus_d, e, corr = hyper
       gc = g.astype(_storage.work_dtype(g.dtype))
       g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
       nu_c = _storage.load(nu, cdt)
       nu_new = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
-      nu_new = _storage.clamp(nu_new, nu)
+      nu_new = _storage.clamp(nu_new, nu, nonnegative=True)
       nu_hat = nu_new / corr if bias_correction else nu_new
       if centered:
         dw = d.astype(gc.dtype)
@@ -150,13 +150,15 @@ def _scale_by_second_moment(
         var, mu_out = nu_hat, None
       den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
       # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
-      safe = den > 0
-      inv = jax.lax.rsqrt(jnp.where(safe, den, 1)) if eps_in_sqrt else 1 / jnp.where(safe, den, 1)
-      scale = jnp.where(safe, inv, 0)
+      # (The discarded branch may be inf or NaN; the select never lets it through.)
+      scale = jnp.where(den > 0, jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den, 0)
       return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
 
     mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu, is_leaf=_storage.is_buffer)
-    triples = jax.tree.map(leaf, updates, state.nu, mus, is_leaf=lambda x: x is None)
+    shared = jax.jit(leaf)  # traced once per leaf shape and dtype, not once per leaf
+    triples = jax.tree.map(
+        lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus, is_leaf=lambda x: x is None
+    )
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(triples)
     new_updates = treedef.unflatten([t[0] for t in flat])
@@ -356,15 +358,15 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
     d_of = _per_dtype(lambda w: _storage.hyper(decay, _storage.compute_dtype(w)).astype(w))
 
-    def leaf(u, b):
+    def leaf(u, b, d):
       cdt = _storage.compute_dtype(u.dtype)
       uc = u.astype(_storage.work_dtype(u.dtype))
-      d = d_of(uc.dtype)
       b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
       out = uc + d * b_new if nesterov else b_new
       return out.astype(u.dtype), _storage.write(b_new, b)
 
-    pairs = jax.tree.map(leaf, updates, state.trace)
+    shared = jax.jit(leaf)  # traced once per leaf shape and dtype, not once per leaf
+    pairs = jax.tree.map(lambda u, b: shared(u, b, d_of(_storage.work_dtype(u.dtype))), updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
     return treedef.unflatten([p[0] for p in flat]), TraceState(trace=treedef.unflatten([p[1] for p in flat]))

@@ -165,12 +165,18 @@ def _storage_dtype(like):
   return jnp.dtype(jnp.float32) if codec_of(like) is not None else like.dtype
 
 
-def clamp(x, like):
-  """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype."""
+def clamp(x, like, *, nonnegative: bool = False):
+  """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype.
+
+  ``nonnegative``: ``x`` is known to be >= 0 or NaN (a second moment), so only the upper bound is
+  applied (one select fewer per element and leaf, which shortens compile time for large trees).
+  """
   # A Python float (weakly typed, exact in every float dtype) rather than an array per leaf.
   limit = float(jnp.finfo(_storage_dtype(like)).max)
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     return jax.lax.complex(_clip(jnp.real(x), limit), _clip(jnp.imag(x), limit))
+  if nonnegative:
+    return jnp.where(x > limit, limit, x)
   return _clip(x, limit)
 
 
