@@ -205,8 +205,12 @@ def _calibrate(r: Runner, min_round_s: float) -> int:
 def _time_group(runners: dict[str, Runner], rounds: int, min_round_s: float) -> dict[str, list[float]]:
   reps = {k: _calibrate(r, min_round_s) for k, r in runners.items()}
   samples: dict[str, list[float]] = {k: [] for k in runners}
-  for _ in range(rounds):
-    for k, r in runners.items():  # interleaved: every implementation once per round
+  names = list(runners)
+  for i in range(rounds):
+    # Interleaved: every implementation once per round, the order rotating so that none always
+    # runs first (on a cache left cold by the previous round's largest implementation).
+    for k in names[i % len(names) :] + names[: i % len(names)]:
+      r = runners[k]
       r.sync()
       t0 = time.perf_counter()
       for _ in range(reps[k]):
