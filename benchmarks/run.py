@@ -336,13 +336,13 @@ def markdown(result: dict[str, Any]) -> str:
       f"(x + 1, bytes read + written). Medians of {result['rounds']} interleaved rounds"
       + (" (smoke configuration)." if result["smoke"] else "."),
       "",
-      "| params | leaves | variant | impl | step ms | × optax | × stream | compile s | state B/param | temp MiB | peak MiB | GB/s | × copy BW |",
-      "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| params | leaves | variant | impl | step ms (median) | min | × optax | × stream | compile s | state B/param | temp MiB | peak MiB | GB/s | × copy BW |",
+      "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in result["rows"]:
     mem = r["memory"] or {}
     lines.append(
-        f"| {r['params'] / 2**20:g}M | {r['leaves']} | {r['variant']} | {r['impl']} | {r['step_ms']:.3f} | "
+        f"| {r['params'] / 2**20:.3g}M | {r['leaves']} | {r['variant']} | {r['impl']} | {r['step_ms']:.3f} | {r['step_ms_min']:.3f} | "
         f"{_f(r['x_optax'], '.2f')} | {_f(r['x_stream'], '.2f')} | {_f(r['compile_s'], '.2f')} | "
         f"{r['state_bytes_per_param']:.3f} | {_f(mem.get('temp', 0) / 2**20, '.1f') if mem else ''} | "
         f"{_f(mem.get('peak', 0) / 2**20, '.0f') if mem else ''} | {r['gbps']:.1f} | {_f(r['x_copy_bw'], '.2f')} |"
