@@ -113,6 +113,35 @@ def _scale_by_second_moment(
     mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
     return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
 
+  def leaf(g, nu, mu, hyper):
+    cdt = _storage.compute_dtype(g.dtype)
+    d, one_minus_d, e, corr = hyper
+    gc = g.astype(_storage.work_dtype(g.dtype))
+    g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
+    nu_c = _storage.load(nu, cdt)
+    nu_new = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
+    nu_new = _storage.clamp(nu_new, nu, nonnegative=True)
+    nu_hat = nu_new / corr if bias_correction else nu_new
+    if centered:
+      dw = d.astype(gc.dtype)
+      mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
+      mu_hat = mu_new / corr.astype(mu_new.dtype) if bias_correction else mu_new
+      m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
+      # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
+      var = jnp.maximum(nu_hat - m2, 0)
+      mu_out = _storage.write(mu_new, mu)
+    else:
+      var, mu_out = nu_hat, None
+    den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
+    # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
+    # (The discarded branch may be inf or NaN; the select never lets it through.)
+    scale = jnp.where(den > 0, jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den, 0)
+    return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
+
+  # Traced once per leaf shape and dtype (and compiled once in eager mode), not once per leaf and
+  # call: with thousands of leaves, tracing the same elementwise update again is most of the cost.
+  shared = jax.jit(leaf)
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if not isinstance(state, ScaleByRmsState):
@@ -120,6 +149,7 @@ def _scale_by_second_moment(
     _check_tree(fn, updates, state.nu)
     _checks.check_float_leaves(fn, updates, "gradient")
     count_inc = optax.safe_increment(state.count)
+
     def scalars(cdt):
       d = _storage.hyper(decay, cdt)
       c = 1 - d ** count_inc.astype(cdt)
@@ -129,33 +159,7 @@ def _scale_by_second_moment(
 
     scalars = _per_dtype(scalars)
 
-    def leaf(g, nu, mu, hyper):
-      cdt = _storage.compute_dtype(g.dtype)
-      d, one_minus_d, e, corr = hyper
-      gc = g.astype(_storage.work_dtype(g.dtype))
-      g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
-      nu_c = _storage.load(nu, cdt)
-      nu_new = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
-      nu_new = _storage.clamp(nu_new, nu, nonnegative=True)
-      nu_hat = nu_new / corr if bias_correction else nu_new
-      if centered:
-        dw = d.astype(gc.dtype)
-        mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
-        mu_hat = mu_new / corr.astype(mu_new.dtype) if bias_correction else mu_new
-        m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
-        # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
-        var = jnp.maximum(nu_hat - m2, 0)
-        mu_out = _storage.write(mu_new, mu)
-      else:
-        var, mu_out = nu_hat, None
-      den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
-      # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
-      # (The discarded branch may be inf or NaN; the select never lets it through.)
-      scale = jnp.where(den > 0, jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den, 0)
-      return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
-
     mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu, is_leaf=_storage.is_buffer)
-    shared = jax.jit(leaf)  # traced once per leaf shape and dtype, not once per leaf
     triples = jax.tree.map(
         lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus, is_leaf=lambda x: x is None
     )
@@ -350,6 +354,15 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     _checks.check_float_leaves(fn, params, "params")
     return TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
 
+  def leaf(u, b, d):
+    cdt = _storage.compute_dtype(u.dtype)
+    uc = u.astype(_storage.work_dtype(u.dtype))
+    b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
+    out = uc + d * b_new if nesterov else b_new
+    return out.astype(u.dtype), _storage.write(b_new, b)
+
+  shared = jax.jit(leaf)  # traced once per leaf shape and dtype
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if not isinstance(state, TraceState):
@@ -358,14 +371,6 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
     d_of = _per_dtype(lambda w: _storage.hyper(decay, _storage.compute_dtype(w)).astype(w))
 
-    def leaf(u, b, d):
-      cdt = _storage.compute_dtype(u.dtype)
-      uc = u.astype(_storage.work_dtype(u.dtype))
-      b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
-      out = uc + d * b_new if nesterov else b_new
-      return out.astype(u.dtype), _storage.write(b_new, b)
-
-    shared = jax.jit(leaf)  # traced once per leaf shape and dtype, not once per leaf
     pairs = jax.tree.map(lambda u, b: shared(u, b, d_of(_storage.work_dtype(u.dtype))), updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
