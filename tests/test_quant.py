@@ -227,3 +227,43 @@ def test_8bit_training_quality_within_3_percent(data, kw):
   q, q_curve = _train(x, y, hidden, k, "8bit", **kw)
   assert ref_curve[-1] < 0.5 * ref_curve[0]  # it did learn
   assert abs(q - ref) <= 0.03 * ref, (q, ref)
+
+
+_SHARDED = r"""
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import optax_rmsprop
+mesh = jax.make_mesh((2,), ("x",))
+sh = NamedSharding(mesh, P(None, "x"))  # the last axis split in two: 512 columns per device
+rng = np.random.default_rng(0)
+p = jnp.asarray(rng.standard_normal((8, 1024)), jnp.float32)
+g = jnp.asarray(rng.standard_normal((8, 1024)), jnp.float32)
+tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype="8bit")
+def step(p, s, g):
+  u, s = tx.update(g, s, p)
+  return optax.apply_updates(p, u), s
+ps, gs = jax.device_put(p, sh), jax.device_put(g, sh)
+s_sh = jax.jit(tx.init)(ps)
+out_sh = jax.jit(step)(ps, s_sh, gs)
+out = jax.jit(step)(p, tx.init(p), g)
+nu = optax.tree_utils.tree_get(out_sh[1], "nu")
+assert nu.codes.sharding.spec == P(None, "x"), nu.codes.sharding
+assert nu.scale.shape == (8, 4) and nu.scale.sharding.spec == P(None, "x"), nu.scale.sharding
+for a, b in zip(jax.tree.leaves(out_sh), jax.tree.leaves(out)):
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_blocks_follow_a_sharded_last_axis(tmp_path):
+  """Two CPU devices, the last axis sharded: codes and scales keep the parameter's sharding and the
+  step equals the unsharded one exactly (no block straddles the shard boundary)."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(Path(__file__).parents[1])}
+  res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=300)
+  assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
