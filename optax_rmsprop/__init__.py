@@ -1,5 +1,7 @@
 """RMSProp for JAX as Optax gradient transformations."""
 
+# Registers state_dtype="8bit" with _storage (the core does not import the quantized codec).
+from optax_rmsprop import _quant as _quant  # noqa: F401
 from optax_rmsprop import compat as compat
 from optax_rmsprop._rmsprop import ScaleByRmsState as ScaleByRmsState
 from optax_rmsprop._rmsprop import TraceState as TraceState
@@ -14,6 +16,7 @@ from optax_rmsprop._rmsprop import trace as trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "compat",
     "ScaleByRmsState",
     "TraceState",
     "adagrad",

@@ -57,16 +57,17 @@ def check_range(
   x = _concrete_scalar(fn, name, value)
   if x is None:
     return
+  lo = "(" if low_open or low == -math.inf else "["
+  hi = ")" if high_open or high == math.inf else "]"
+  lo_s = "-inf" if low == -math.inf else f"{low:g}"
+  hi_s = "inf" if high == math.inf else f"{high:g}"
+  allowed = f"{lo}{lo_s}, {hi_s}{hi}"
   if not math.isfinite(x):
-    raise ValueError(f"{fn}({name}={value!r}): {name} must be finite, got {x}")
+    raise ValueError(f"{fn}({name}={value!r}): {name} must be a finite number in {allowed}, got {x}")
   too_low = x <= low if low_open else x < low
   too_high = x >= high if high_open else x > high
   if too_low or too_high:
-    lo = "(" if low_open or low == -math.inf else "["
-    hi = ")" if high_open or high == math.inf else "]"
-    lo_s = "-inf" if low == -math.inf else f"{low:g}"
-    hi_s = "inf" if high == math.inf else f"{high:g}"
-    raise ValueError(f"{fn}({name}={value!r}): {name} must be in {lo}{lo_s}, {hi_s}{hi}, got {x:g}{hint}")
+    raise ValueError(f"{fn}({name}={value!r}): {name} must be in {allowed}, got {x:g}{hint}")
 
 
 def check_schedule_or_number(fn: str, name: str, value: Any, low: float = 0.0) -> None:

@@ -65,15 +65,29 @@ class TraceState(NamedTuple):
 # The second-moment scaling shared by RMSProp (exponential average) and AdaGrad (running sum).
 
 
+def _per_dtype(make):
+  """``make(cdt)`` memoised per compute dtype: scalar hyperparameter work is done once per update,
+  not once per leaf (with thousands of leaves, per-leaf scalar ops dominate tracing time)."""
+  cache: dict[Any, Any] = {}
+
+  def get(cdt):
+    if cdt not in cache:
+      cache[cdt] = make(cdt)
+    return cache[cdt]
+
+  return get
+
+
 def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state") -> None:
   """Fails with a readable message when ``updates`` does not fit the state built by ``init``."""
   # Any pytree container may hold the buffers (dicts, tuples, flax's nnx.State, ...); a leaf
   # that is not an array means the state came from somewhere else.
-  is_leaf = jax.tree_util.treedef_is_leaf(jax.tree.structure(buffers))
-  if is_leaf and buffers is not None and not _storage.is_buffer(buffers):
+  if not all(_storage.is_buffer(leaf) for leaf in jax.tree.leaves(buffers)):
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
-  _checks.check_same_structure(fn, buffers, updates, buffers_name, "gradient")
-  _checks.check_same_shapes(fn, buffers, updates, buffers_name, "gradient")
+  # A codec's buffer (8-bit codes and scales) is one node: compare the parameters' shapes.
+  views = jax.tree.map(lambda b: jax.ShapeDtypeStruct(_storage.shape_of(b), jnp.float32), buffers, is_leaf=_storage.is_buffer)
+  _checks.check_same_structure(fn, views, updates, buffers_name, "gradient")
+  _checks.check_same_shapes(fn, views, updates, buffers_name, "gradient")
 
 
 def _scale_by_second_moment(
@@ -101,6 +115,35 @@ def _scale_by_second_moment(
     mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
     return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
 
+  def leaf(g, nu, mu, hyper):
+    cdt = _storage.compute_dtype(g.dtype)
+    d, one_minus_d, e, corr = hyper
+    gc = g.astype(_storage.work_dtype(g.dtype))
+    g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
+    nu_c = _storage.load(nu, cdt)
+    nu_new = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
+    nu_new = _storage.clamp(nu_new, nu, nonnegative=True)
+    nu_hat = nu_new / corr if bias_correction else nu_new
+    if centered:
+      dw = d.astype(gc.dtype)
+      mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
+      mu_hat = mu_new / corr.astype(mu_new.dtype) if bias_correction else mu_new
+      m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
+      # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
+      var = jnp.maximum(nu_hat - m2, 0)
+      mu_out = _storage.write(mu_new, mu)
+    else:
+      var, mu_out = nu_hat, None
+    den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
+    # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
+    # (The discarded branch may be inf or NaN; the select never lets it through.)
+    scale = jnp.where(den > 0, jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den, 0)
+    return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
+
+  # Traced once per leaf shape and dtype (and compiled once in eager mode), not once per leaf and
+  # call: with thousands of leaves, tracing the same elementwise update again is most of the cost.
+  shared = jax.jit(leaf)
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if not isinstance(state, ScaleByRmsState):
@@ -108,46 +151,20 @@ def _scale_by_second_moment(
     _check_tree(fn, updates, state.nu)
     _checks.check_float_leaves(fn, updates, "gradient")
     count_inc = optax.safe_increment(state.count)
-    # The bias-correction factor 1 - decay^t, once per compute dtype (scalar work, shared).
-    corrections: dict[Any, jax.Array] = {}
 
-    def correction(cdt):
-      if cdt not in corrections:
-        d = _storage.hyper(decay, cdt)
-        c = 1 - d ** count_inc.astype(cdt)
-        # decay == 1 makes the factor 0 (0/0 in the maths): fall back to no correction.
-        corrections[cdt] = jnp.where(c > 0, c, jnp.ones_like(c))
-      return corrections[cdt]
-
-    def leaf(g, nu, mu):
-      cdt = _storage.compute_dtype(g.dtype)
+    def scalars(cdt):
       d = _storage.hyper(decay, cdt)
-      gc = g.astype(_storage.work_dtype(g.dtype))
-      g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
-      nu_c = _storage.load(nu, cdt)
-      nu_new = nu_c + g2 if accumulate else (1 - d) * g2 + d * nu_c
-      nu_new = _storage.clamp(nu_new, nu)
-      nu_hat = nu_new / correction(cdt) if bias_correction else nu_new
-      if centered:
-        dw = d.astype(gc.dtype)
-        mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
-        mu_hat = mu_new / correction(cdt).astype(mu_new.dtype) if bias_correction else mu_new
-        m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
-        # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
-        var = jnp.maximum(nu_hat - m2, 0)
-        mu_out = _storage.store(mu_new, mu)
-      else:
-        var, mu_out = nu_hat, None
-      e = _storage.hyper(eps, cdt)
-      den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
-      # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
-      safe = den > 0
-      inv = jax.lax.rsqrt(jnp.where(safe, den, 1)) if eps_in_sqrt else 1 / jnp.where(safe, den, 1)
-      scale = jnp.where(safe, inv, 0)
-      return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.store(nu_new, nu), mu_out
+      c = 1 - d ** count_inc.astype(cdt)
+      # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): fall back to none.
+      correction = jnp.where(c > 0, c, jnp.ones_like(c)) if bias_correction else None
+      return d, 1 - d, _storage.hyper(eps, cdt), correction
 
-    mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
-    triples = jax.tree.map(leaf, updates, state.nu, mus, is_leaf=lambda x: x is None)
+    scalars = _per_dtype(scalars)
+
+    mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu, is_leaf=_storage.is_buffer)
+    triples = jax.tree.map(
+        lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus, is_leaf=lambda x: x is None
+    )
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(triples)
     new_updates = treedef.unflatten([t[0] for t in flat])
@@ -313,7 +330,8 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> opt
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     lr, state = _schedule_step(learning_rate, state)
-    return jax.tree.map(lambda u: _mul(u, sign * lr), updates), state
+    factor = _per_dtype(lambda cdt: _storage.hyper(sign * lr, cdt))
+    return jax.tree.map(lambda u: _mul(u, factor(_storage.compute_dtype(u.dtype))), updates), state
 
   return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
 
@@ -338,21 +356,24 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     _checks.check_float_leaves(fn, params, "params")
     return TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
 
+  def leaf(u, b, d):
+    cdt = _storage.compute_dtype(u.dtype)
+    uc = u.astype(_storage.work_dtype(u.dtype))
+    b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
+    out = uc + d * b_new if nesterov else b_new
+    return out.astype(u.dtype), _storage.write(b_new, b)
+
+  shared = jax.jit(leaf)  # traced once per leaf shape and dtype
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     if not isinstance(state, TraceState):
       raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the TraceState its init() makes")
     _check_tree(fn, updates, state.trace)
 
-    def leaf(u, b):
-      cdt = _storage.compute_dtype(u.dtype)
-      uc = u.astype(_storage.work_dtype(u.dtype))
-      d = _storage.hyper(decay, cdt).astype(uc.dtype)
-      b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
-      out = uc + d * b_new if nesterov else b_new
-      return out.astype(u.dtype), _storage.store(b_new, b)
+    d_of = _per_dtype(lambda w: _storage.hyper(decay, _storage.compute_dtype(w)).astype(w))
 
-    pairs = jax.tree.map(leaf, updates, state.trace)
+    pairs = jax.tree.map(lambda u, b: shared(u, b, d_of(_storage.work_dtype(u.dtype))), updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
     return treedef.unflatten([p[0] for p in flat]), TraceState(trace=treedef.unflatten([p[1] for p in flat]))
@@ -396,14 +417,18 @@ def decoupled_weight_decay(
     if params is None:
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    _checks.check_same_shapes(fn, params, updates, "params", "gradient")
     lr, state = _schedule_step(learning_rate, state)
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
+    rate_of = _per_dtype(
+        lambda w: (_storage.hyper(lr, _storage.compute_dtype(w)) * _storage.hyper(weight_decay, _storage.compute_dtype(w))).astype(w)
+    )
 
     def leaf(u, p, on):
       if on is False:
         return u
-      cdt, w = _storage.compute_dtype(u.dtype), _storage.work_dtype(u.dtype)
-      rate = (_storage.hyper(lr, cdt) * _storage.hyper(weight_decay, cdt)).astype(w)
+      w = _storage.work_dtype(u.dtype)
+      rate = rate_of(w)
       new = (u.astype(w) - rate * p.astype(w)).astype(u.dtype)
       return new if on is True else jnp.where(on, new, u)
 

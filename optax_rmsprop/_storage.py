@@ -4,11 +4,15 @@ The update rules in ``_rmsprop`` compute in at least float32 and never see how a
 A buffer is created from its parameter by :func:`create`, read into the compute dtype by
 :func:`load` and written back by :func:`store`, which clamps to the storage type's finite range so
 that an overflow in one step cannot leave an infinite (or NaN-making) value in the state.
+
+A buffer is either a plain array (``state_dtype=None`` or a float dtype) or a node of a registered
+:class:`Codec` (``state_dtype="8bit"``, registered by ``_quant``): this module is the single place
+that dispatches on how a buffer is kept, and it imports no codec.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -17,24 +21,56 @@ import numpy as np
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+class Codec(Protocol):
+  """A way of keeping a buffer other than a plain float array (e.g. blockwise 8-bit codes).
+
+  ``node_type`` is the pytree class of its buffers; ``create``/``load``/``store`` mirror the module
+  functions of the same names. ``store`` receives values already clamped to float32's range.
+  """
+
+  name: str
+  node_type: type
+
+  def create(self, param, fill: float, *, real: bool) -> Any: ...
+
+  def load(self, buffer, cdt) -> jax.Array: ...
+
+  def store(self, x, like) -> Any: ...
+
+  def shape(self, buffer) -> tuple[int, ...]: ...
+
+
+_CODECS: dict[str, Codec] = {}
+_NODE_CODECS: dict[type, Codec] = {}
+
+
+def register_codec(codec: Codec, *aliases: str) -> None:
+  """Makes ``state_dtype=codec.name`` (or an alias) store buffers with ``codec``."""
+  for name in (codec.name, *aliases):
+    _CODECS[name.lower()] = codec
+  _NODE_CODECS[codec.node_type] = codec
+
+
 def resolve_state_dtype(fn: str, state_dtype: Any):
-  """Validates ``state_dtype``: ``None`` (the parameters' dtype) or a real float dtype."""
+  """Validates ``state_dtype``: ``None`` (the parameters' dtype), a real float dtype, or the name of a
+  registered codec (``"8bit"``); returns ``None``, a dtype or the codec."""
   if state_dtype is None:
     return None
-  if isinstance(state_dtype, str) and state_dtype.lower() in ("8bit", "int8", "uint8"):
-    raise ValueError(f"{fn}(state_dtype={state_dtype!r}): 8-bit state is not available in this version")
+  if isinstance(state_dtype, str) and state_dtype.lower() in _CODECS:
+    return _CODECS[state_dtype.lower()]
+  allowed = ", ".join((*_FLOAT_DTYPES, *(repr(n) for n in sorted(_CODECS))))
   try:
     dt = jnp.dtype(state_dtype)
   except TypeError as e:
-    raise ValueError(
-        f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {', '.join(_FLOAT_DTYPES)}"
-    ) from e
+    raise ValueError(f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {allowed}") from e
   if dt.name not in _FLOAT_DTYPES:
-    raise ValueError(
-        f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {', '.join(_FLOAT_DTYPES)}, "
-        f"got {dt.name}"
-    )
+    raise ValueError(f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {allowed}, got {dt.name}")
   return dt
+
+
+def codec_of(buffer) -> Codec | None:
+  """The codec that made ``buffer``, or ``None`` for a plain array."""
+  return _NODE_CODECS.get(type(buffer))
 
 
 def real_dtype(dtype) -> np.dtype:
@@ -99,27 +135,61 @@ def _like_param(param, value, dtype):
 
 
 def create(param, fill: float, spec, *, real: bool):
-  """A new state buffer for ``param`` filled with ``fill``."""
+  """A new state buffer for ``param`` filled with ``fill``.
+
+  ``real`` buffers hold a second moment (real, non-negative); the others (mean gradient, momentum)
+  are signed and complex for complex parameters.
+  """
+  if spec is not None and not isinstance(spec, np.dtype):
+    return spec.create(param, fill, real=real)
   return _like_param(param, fill, buffer_dtype(jnp.result_type(param), spec, real=real))
 
 
 def load(buffer, cdt):
   """The buffer's value in compute precision (complex buffers stay complex)."""
+  codec = codec_of(buffer)
+  if codec is not None:
+    return codec.load(buffer, cdt)
   if jnp.issubdtype(buffer.dtype, jnp.complexfloating):
     return buffer.astype(_complex_of(cdt))
   return buffer.astype(cdt)
 
 
 def _clip(x, limit):
-  return jnp.clip(x, -limit, limit)
+  # Two selects rather than jnp.clip: XLA:CPU turns min/max against constants into a clamp that it
+  # then duplicates into every consumer fusion, which forces a copy of the donated state buffer.
+  return jnp.where(x > limit, limit, jnp.where(x < -limit, -limit, x))
 
 
-def clamp(x, like):
-  """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype."""
-  limit = jnp.asarray(jnp.finfo(like.dtype).max, dtype=real_dtype(x.dtype))
+def _storage_dtype(like):
+  return jnp.dtype(jnp.float32) if codec_of(like) is not None else like.dtype
+
+
+def clamp(x, like, *, nonnegative: bool = False):
+  """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype.
+
+  ``nonnegative``: ``x`` is known to be >= 0 or NaN (a second moment), so only the upper bound is
+  applied (one select fewer per element and leaf, which shortens compile time for large trees).
+  """
+  # A Python float (weakly typed, exact in every float dtype) rather than an array per leaf.
+  limit = float(jnp.finfo(_storage_dtype(like)).max)
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     return jax.lax.complex(_clip(jnp.real(x), limit), _clip(jnp.imag(x), limit))
+  if nonnegative:
+    return jnp.where(x > limit, limit, x)
   return _clip(x, limit)
+
+
+def write(x, like):
+  """Writes ``x``, already :func:`clamp`-ed against ``like``, into a buffer of the same kind.
+
+  The update rules clamp once and use the same clamped value for the step and the state: a second
+  clamp would make XLA compute the buffer twice (one copy per consumer) and copy the donated input.
+  """
+  codec = codec_of(like)
+  if codec is not None:
+    return codec.store(x, like)
+  return x.astype(like.dtype)
 
 
 def store(x, like):
@@ -128,9 +198,15 @@ def store(x, like):
   NaN stays NaN (it is the input's, not ours to hide); +-inf and values beyond the storage type's
   range become its largest finite value, so one overflowing gradient cannot freeze a parameter.
   """
-  return clamp(x, like).astype(like.dtype)
+  return write(clamp(x, like), like)
 
 
 def is_buffer(x) -> bool:
-  """Whether ``x`` is one stored buffer (a leaf of the state trees)."""
-  return isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer))
+  """Whether ``x`` is one stored buffer (a leaf of the state trees, or a codec's node)."""
+  return isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)) or type(x) in _NODE_CODECS
+
+
+def shape_of(buffer):
+  """The shape of the parameter a buffer belongs to."""
+  codec = codec_of(buffer)
+  return buffer.shape if codec is None else codec.shape(buffer)

@@ -1,4 +1,4 @@
-"""Shared test configuration: float64 available everywhere, strict dtype promotion, seeded data."""
+"""Shared test configuration: float64 available everywhere (tests pass explicit dtypes)."""
 
 import jax
 

@@ -1,0 +1,39 @@
+"""The benchmark suite's smoke configuration runs and writes sane JSON and markdown (no timing is
+asserted: benchmarks measure, tests check that they can)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import run as bench
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_json_and_markdown(tmp_path):
+  assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+  result = json.loads((tmp_path / "results.json").read_text())
+  md = (tmp_path / "results.md").read_text()
+  machine = result["machine"]
+  for key in ("cpu", "cores", "jax", "optax", "backend"):
+    assert machine[key], key
+  assert machine["cpu"] in md and machine["jax"] in md
+  rows = result["rows"]
+  impls = {r["impl"] for r in rows}
+  assert {"ours", "optax", "stream", "ours-bf16", "ours-8bit"} <= impls
+  for r in rows:
+    assert r["step_ms"] > 0 and math.isfinite(r["step_ms"])
+    assert r["x_optax"] > 0 and r["x_stream"] > 0
+    if r["impl"] != "torch":
+      assert r["compile_s"] > 0
+      assert r["memory"] is None or r["memory"]["peak"] > 0
+  by = {(r["impl"], r["variant"]): r for r in rows if r["leaves"] == 1}
+  # State bytes per parameter follow from the dtypes alone: 4 B per float32 buffer, 2 per bf16
+  # (plus the 4-byte step count).
+  assert by["ours", "plain"]["state_bytes_per_param"] == pytest.approx(4.0, abs=1e-3)
+  assert by["optax", "plain"]["state_bytes_per_param"] == pytest.approx(4.0, abs=1e-3)
+  assert by["ours-bf16", "plain"]["state_bytes_per_param"] == pytest.approx(2.0, abs=1e-3)
+  assert by["ours-8bit", "plain"]["state_bytes_per_param"] <= 1.05
+  assert md.count("\n|") == len(rows) + 2  # header, separator, one line per row
