@@ -437,6 +437,26 @@ def decoupled_weight_decay(
   return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
 
 
+def chain(*transforms) -> optax.GradientTransformationExtraArgs:
+  """``optax.chain`` whose stages see the updates in compute precision (at least float32).
+
+  Each stage already computes in float32, but between stages ``optax.chain`` would round the
+  updates back to float16/bfloat16, and with momentum the rounded rms step and the decayed
+  buffer can nearly cancel. Here the gradients are cast up once on entry and the result back to
+  the gradients' dtype once on exit; for float32/float64 gradients both casts are no-ops.
+  """
+  inner = optax.chain(*transforms)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    _checks.check_float_leaves("update", updates, "gradient")
+    dtypes = jax.tree.map(lambda u: u.dtype, updates)
+    wide = jax.tree.map(lambda u: u.astype(_storage.work_dtype(u.dtype)), updates)
+    out, state = inner.update(wide, state, params, **extra_args)
+    return jax.tree.map(lambda o, dt: o.astype(dt), out, dtypes), state
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
 # ---------------------------------------------------------------------------------------------
 # The public optimizers.
 
@@ -543,7 +563,7 @@ def rmsprop(
     parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
   if weight_decay is not None:
     parts.append(decoupled_weight_decay(learning_rate, weight_decay, weight_decay_mask))
-  return optax.chain(*parts)
+  return chain(*parts)
 
 
 def adagrad(
@@ -583,4 +603,4 @@ def adagrad(
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
   _checks.check_range(fn, "eps", eps, 0.0)
-  return optax.chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+  return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))

@@ -264,7 +264,7 @@ def torch_rmsprop(
   if _present(momentum):
     parts.append(_rmsprop.trace(momentum))  # before the learning rate: lr outside the buffer
   parts.append(_rmsprop.scale_by_learning_rate(lr))
-  return _complex_as_real_pairs(optax.chain(*parts))
+  return _complex_as_real_pairs(_rmsprop.chain(*parts))
 
 
 def _torch_adagrad_lr(lr: Any, lr_decay: Any):
@@ -342,7 +342,7 @@ def torch_adagrad(
   parts = [coupled_weight_decay(weight_decay)] if _present(weight_decay) else []
   parts.append(_rmsprop.scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
   parts.append(_rmsprop.scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
-  return _complex_as_real_pairs(optax.chain(*parts))
+  return _complex_as_real_pairs(_rmsprop.chain(*parts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +452,7 @@ def keras_rmsprop(
     parts.append(_rmsprop.trace(momentum))  # after the learning rate: lr inside the buffer
   if weight_decay is not None:
     parts.append(_rmsprop.decoupled_weight_decay(learning_rate, weight_decay))
-  return optax.chain(*parts)
+  return _rmsprop.chain(*parts)
 
 
 def keras_adagrad(
@@ -501,7 +501,7 @@ def keras_adagrad(
   _check_lr(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
   _checks.check_range(fn, "epsilon", epsilon, 0.0)
-  return optax.chain(
+  return _rmsprop.chain(
       _rmsprop.scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True),
       _rmsprop.scale_by_learning_rate(learning_rate),
   )
@@ -575,7 +575,7 @@ def tf1_rmsprop(
   ]
   if _present(momentum):
     parts.append(_rmsprop.trace(momentum))
-  return optax.chain(*parts)
+  return _rmsprop.chain(*parts)
 
 
 def graves_rmsprop(
@@ -634,7 +634,7 @@ def graves_rmsprop(
   ]
   if _present(momentum):
     parts.append(_rmsprop.trace(momentum))
-  return optax.chain(*parts)
+  return _rmsprop.chain(*parts)
 
 
 def dqn_rmsprop(
@@ -685,7 +685,7 @@ def dqn_rmsprop(
   _check_lr(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "decay", decay, 0.0, 1.0)
   _checks.check_range(fn, "eps", eps, 0.0)
-  return optax.chain(
+  return _rmsprop.chain(
       _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
       _rmsprop.scale_by_learning_rate(learning_rate),
   )

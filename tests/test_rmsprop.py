@@ -383,10 +383,11 @@ def test_low_precision_steps_computed_in_float32(dtype, momentum):
   """Each step against the reference computed in float32 from the same low-precision inputs (the
   state as stored, the gradient, the params), rounded to the storage dtype.
 
-  The optimizer is a chain of transforms, each of which hands its output on in the gradients'
-  dtype, so the rms step and the learning-rate product are rounded once more on the way: up to 2
-  units in the last place of those terms. With momentum the step and the decayed buffer can cancel,
-  so the bound is relative to them, not to their (possibly much smaller) sum.
+  The chain's stages hand each other float32 values and the update is rounded to the gradients'
+  dtype once, at the end: so the update is within one unit in the last place of the float32
+  reference even with momentum, where the rms step and the decayed buffer nearly cancel (rounding
+  between stages, as optax.chain does, was 30 units off there). The buffers are rounded to their
+  storage dtype when kept: within 2 units of the reference.
   """
   flags = dict(learning_rate=0.01, decay=0.9, eps=1e-6, centered=True, momentum=momentum)
   tx = optax_rmsprop.rmsprop(**flags)
@@ -411,7 +412,7 @@ def test_low_precision_steps_computed_in_float32(dtype, momentum):
     u, s = tx.update(g, s, p)
     assert u.dtype == dtype and s[0].nu.dtype == dtype and s[0].mu.dtype == dtype
     for name, got, want, terms in (
-        ("update", u, expected[0], np.abs(expected[0]) + (momentum or 0) * np.abs(trace)),
+        ("update", u, expected[0], np.abs(expected[0]) / 2),
         ("nu", s[0].nu, ref_new["nu"][0], np.abs(ref_new["nu"][0])),
         ("mu", s[0].mu, ref_new["mu"][0], np.abs(ref_new["mu"][0])),
     ):
