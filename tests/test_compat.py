@@ -588,7 +588,7 @@ _BAD = [
     (compat.torch_rmsprop, dict(weight_decay=-1), r"torch_rmsprop\(weight_decay=-1\): weight_decay must be"),
     (compat.torch_rmsprop, dict(momentum=-0.9), r"torch_rmsprop\(momentum=-0.9\): momentum must be in \[0, 1\)"),
     (compat.torch_rmsprop, dict(momentum=1.0), r"torch_rmsprop\(momentum=1.0\): momentum must be in \[0, 1\)"),
-    (compat.torch_rmsprop, dict(lr=math.nan), r"torch_rmsprop\(lr=nan\): lr must be finite"),
+    (compat.torch_rmsprop, dict(lr=math.nan), r"torch_rmsprop\(lr=nan\): lr must be a finite number in \[0, inf\), got nan"),
     (compat.torch_adagrad, dict(lr=-1.0), r"torch_adagrad\(lr=-1.0\): lr must be"),
     (compat.torch_adagrad, dict(lr_decay=-0.1), r"torch_adagrad\(lr_decay=-0.1\): lr_decay must be in \[0, inf\)"),
     (compat.torch_adagrad, dict(weight_decay=-0.1), r"torch_adagrad\(weight_decay=-0.1\)"),
