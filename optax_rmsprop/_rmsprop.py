@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_rmsprop import _checks, _storage
@@ -100,10 +101,10 @@ def _scale_by_second_moment(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if not isinstance(state, ScaleByRmsState):
-      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the ScaleByRmsState its init() makes")
+    _checks.check_state_type(fn, state, ScaleByRmsState)
     _check_tree(fn, updates, state.nu)
     _checks.check_float_leaves(fn, updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     count_inc = optax.safe_increment(state.count)
     # The bias-correction factor 1 - decay^t, once per compute dtype (scalar work, shared).
     corrections: dict[Any, jax.Array] = {}
@@ -210,9 +211,11 @@ def scale_by_rms(
     <https://arxiv.org/abs/1308.0850>`_, 2013 (centered, eqs. 38-41).
   """
   fn = "scale_by_rms"
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
-  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0, allow_none=False)
+  for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("bias_correction", bias_correction), ("centered", centered)):
+    _checks.check_flag(fn, name, flag)
   return _scale_by_second_moment(
       fn,
       accumulate=False,
@@ -259,8 +262,9 @@ def scale_by_rss(
     Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
   """
   fn = "scale_by_rss"
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_flag(fn, "eps_in_sqrt", eps_in_sqrt)
   return _scale_by_second_moment(
       fn,
       accumulate=True,
@@ -305,10 +309,13 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> opt
   arrives as a float32 array (``inject_hyperparams``).
   """
   _checks.check_schedule_or_number("scale_by_learning_rate", "learning_rate", learning_rate)
+  _checks.check_flag("scale_by_learning_rate", "flip_sign", flip_sign)
   sign = -1 if flip_sign else 1
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    _checks.check_float_leaves("scale_by_learning_rate", updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)
     lr, state = _schedule_step(learning_rate, state)
     return jax.tree.map(lambda u: _mul(u, sign * lr), updates), state
 
@@ -328,7 +335,8 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     state_dtype: ``None`` keeps the buffer in the parameters' dtype; a float dtype stores it in it.
   """
   fn = "trace"
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, high_open=True, allow_none=False)
+  _checks.check_flag(fn, "nesterov", nesterov)
   spec = _storage.resolve_state_dtype(fn, state_dtype)
 
   def init_fn(params):
@@ -337,9 +345,10 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if not isinstance(state, TraceState):
-      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the TraceState its init() makes")
+    _checks.check_state_type(fn, state, TraceState)
     _check_tree(fn, updates, state.trace)
+    _checks.check_float_leaves(fn, updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)
 
     def leaf(u, b):
       cdt = _storage.compute_dtype(u.dtype)
@@ -357,9 +366,22 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_mask_leaves(fn: str, name: str, mask) -> None:
+  """A mask's leaves must be booleans: any other leaf (``"yes"``, ``0.5``) would silently mean True."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if not (isinstance(leaf, (bool, np.bool_)) or (dtype is not None and jnp.dtype(dtype) == jnp.bool_)):
+      where = jax.tree_util.keystr(path) or "<root>"
+      raise TypeError(
+          f"{fn}({name}=...): {name} leaf {where} must be a boolean (or a boolean array), got {leaf!r}; "
+          "pass a tree of booleans shaped like the params (or a prefix of it), or a callable returning one"
+      )
+
+
 def _full_mask(fn: str, mask, params):
   """The mask as a tree of booleans with the parameters' structure (prefix masks broadcast)."""
   m = mask(params) if callable(mask) else mask
+  _check_mask_leaves(fn, "weight_decay_mask", m)
   try:
     return jax.tree.map(lambda mk, sub: jax.tree.map(lambda _: mk, sub), m, params)
   except (ValueError, TypeError) as e:
@@ -386,13 +408,18 @@ def decoupled_weight_decay(
   """
   fn = "decoupled_weight_decay"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
+  if mask is not None and not callable(mask):
+    _check_mask_leaves(fn, "mask", mask)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    _checks.check_float_leaves(fn, updates, "gradient")
+    _checks.check_float_leaves(fn, params, "params")
+    updates, params = jax.tree.map(jnp.asarray, updates), jax.tree.map(jnp.asarray, params)
     lr, state = _schedule_step(learning_rate, state)
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
 
@@ -499,14 +526,19 @@ def rmsprop(
   """
   fn = "rmsprop"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
-  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0, allow_none=False)
   _checks.check_range(fn, "momentum", momentum, 0.0, 1.0, high_open=True)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
   _storage.resolve_state_dtype(fn, state_dtype)
+  flags = dict(eps_in_sqrt=eps_in_sqrt, centered=centered, nesterov=nesterov, bias_correction=bias_correction)
+  for name, flag in {**flags, "maximize": maximize}.items():
+    _checks.check_flag(fn, name, flag)
   if weight_decay_mask is not None and weight_decay is None:
     raise ValueError(f"{fn}(weight_decay_mask=...): a mask needs weight_decay to be set")
+  if weight_decay_mask is not None and not callable(weight_decay_mask):
+    _check_mask_leaves(fn, "weight_decay_mask", weight_decay_mask)
   parts = [
       scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=centered, state_dtype=state_dtype),
       scale_by_learning_rate(learning_rate, flip_sign=not maximize),
@@ -553,6 +585,6 @@ def adagrad(
   """
   fn = "adagrad"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   return optax.chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
