@@ -151,8 +151,10 @@ def _scale_by_second_moment(
       scale = jnp.where(safe, inv, 0)
       return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.store(nu_new, nu), mu_out
 
-    mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
-    triples = jax.tree.map(leaf, updates, state.nu, mus, is_leaf=lambda x: x is None)
+    # Without centering, nu stands in for the absent mu tree (leaf() ignores it). Not a tree of
+    # None placeholders: is_leaf=None would also catch the None leaves of the params tree.
+    mus = state.mu if centered else state.nu
+    triples = jax.tree.map(leaf, updates, state.nu, mus)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(triples)
     new_updates = treedef.unflatten([t[0] for t in flat])
@@ -421,8 +423,10 @@ def decoupled_weight_decay(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
+    if params is None and jax.tree.leaves(updates):
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
+    if params is None:  # an empty tree (None itself is one): nothing to decay
+      params = updates
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
     _checks.check_float_leaves(fn, updates, "gradient")
     _checks.check_float_leaves(fn, params, "params")
