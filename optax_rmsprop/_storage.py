@@ -116,7 +116,10 @@ def _clip(x, limit):
 
 def clamp(x, like):
   """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype."""
-  limit = jnp.asarray(jnp.finfo(like.dtype).max, dtype=real_dtype(x.dtype))
+  # A state dtype wider than the compute dtype (float64 state, float32 gradients): clamp to the
+  # narrower range, whose max is representable (float64's max would overflow to inf in float32).
+  xdt = real_dtype(x.dtype)
+  limit = jnp.asarray(min(float(jnp.finfo(like.dtype).max), float(jnp.finfo(xdt).max)), dtype=xdt)
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     return jax.lax.complex(_clip(jnp.real(x), limit), _clip(jnp.imag(x), limit))
   return _clip(x, limit)
