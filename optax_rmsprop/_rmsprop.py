@@ -125,10 +125,15 @@ def _scale_by_second_moment(
       nu_c = _storage.load(nu, cdt)
       nu_raw = nu_c + g2 if accumulate else (1 - d) * g2 + d * nu_c
       nu_new = _storage.clamp(nu_raw, nu)
-      nu_hat = nu_new / correction(cdt) if bias_correction else nu_new
+      # This step divides by nu before the clamp wherever that is finite in compute precision (a
+      # float16 buffer overflows long before float32 arithmetic does): only the stored value is clamped.
+      fits = jnp.isfinite(nu_raw)
+      nu_step = jnp.where(fits, nu_raw, nu_new)
+      nu_hat = nu_step / correction(cdt) if bias_correction else nu_step
       if centered:
         dw = d.astype(gc.dtype)
-        mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
+        mu_raw = (1 - dw) * gc + dw * _storage.load(mu, cdt)
+        mu_new = _storage.clamp(mu_raw, mu)
         # Where nu overflowed and was clamped, scale mu by sqrt(clamped / true nu) too, so that
         # |mu|^2 <= nu still holds and the variance nu - |mu|^2 shrinks with nu instead of collapsing
         # to 0 (which made steps of g / sqrt(eps) for hundreds of steps). The true root of nu, by hypot,
@@ -136,7 +141,8 @@ def _scale_by_second_moment(
         root_nu = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(1 - d) * jnp.abs(gc))
         shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root_nu, 1)
         mu_new = mu_new * shrink.astype(mu_new.dtype)
-        mu_hat = mu_new / correction(cdt).astype(mu_new.dtype) if bias_correction else mu_new
+        mu_step = jnp.where(fits, mu_raw, mu_new)
+        mu_hat = mu_step / correction(cdt).astype(mu_step.dtype) if bias_correction else mu_step
         m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
         # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
         var = jnp.maximum(nu_hat - m2, 0)
