@@ -391,3 +391,23 @@ def test_apply_if_finite_skips_bad_steps_and_keeps_the_state_clean(case):
     ref_updates, ref = plain(g, ref, params)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state.inner_state, ref)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), updates, ref_updates)
+
+
+@pytest.mark.parametrize("centered", [False, True], ids=["plain", "centered"])
+@pytest.mark.parametrize("spike", [1e3, 6e4])
+def test_float16_spike_step_itself_follows_the_maths(spike, centered):
+  # The spike's square overflows the float16 buffer, not the float32 arithmetic: the step on which
+  # it arrives is the exact rule (only the stored value is clamped), not |g| / sqrt(65504).
+  decay, lr = 0.9, 0.1
+  tx = orp.rmsprop(lr, decay=decay, centered=centered)
+  params = jnp.zeros(3, F16)
+  state = tx.init(params)
+  g0 = np.array([1.0, -1.0, 0.5])
+  _, state = tx.update(jnp.asarray(g0, F16), state, params)
+  u, state = tx.update(jnp.asarray([spike, -spike, 1.0], F16), state, params)
+  g1 = np.asarray(jnp.asarray([spike, -spike, 1.0], F16), np.float64)
+  nu = decay * (1 - decay) * g0**2 + (1 - decay) * g1**2
+  var = nu - (decay * (1 - decay) * g0 + (1 - decay) * g1) ** 2 if centered else nu
+  want = -lr * g1 / np.sqrt(var + 1e-8)
+  np.testing.assert_allclose(np.asarray(u, np.float64), want, rtol=2e-3)
+  assert float(jnp.max(state[0].nu)) == float(jnp.finfo(F16).max)
