@@ -411,3 +411,13 @@ def test_float16_spike_step_itself_follows_the_maths(spike, centered):
   want = -lr * g1 / np.sqrt(var + 1e-8)
   np.testing.assert_allclose(np.asarray(u, np.float64), want, rtol=2e-3)
   assert float(jnp.max(state[0].nu)) == float(jnp.finfo(F16).max)
+
+
+def test_spike_with_float32_gradients_and_float64_state():
+  # A state wider than the arithmetic: the float32 square overflows to inf and must still be
+  # clamped (to float32's max, the narrower range), not stored as inf in the float64 buffer.
+  tx = orp.rmsprop(0.1, centered=True, state_dtype=F64)
+  state, spiked, clean = _spiked_and_clean(tx, F32, 1e21, n_before=20, n_after=_recovery_steps(F32, 0.9) + 100)
+  assert _finite(state) and np.isfinite(spiked).all()
+  assert np.abs(spiked).max() <= 1.01 * np.abs(clean).max()
+  np.testing.assert_array_less(np.abs(spiked[-50:] - clean[-50:]), 0.5 * np.abs(clean[-50:]) + 1e-3)
