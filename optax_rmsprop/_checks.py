@@ -46,12 +46,16 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
     hint: str = "",
+    allow_none: bool = True,
 ) -> None:
   """Raises if a concrete hyperparameter is NaN, infinite or outside its allowed interval.
 
   The message names the call as the user wrote it: ``rmsprop(decay=1.5): decay must be in [0, 1],
-  got 1.5``. ``None``, schedules (callables) and traced values are not checked.
+  got 1.5``. Schedules (callables) and traced values are not checked; ``None`` passes unless
+  ``allow_none=False`` (a required number).
   """
+  if value is None and not allow_none:
+    raise TypeError(f"{fn}({name}=None): {name} must be a real number, got None")
   if value is None or callable(value):
     return
   x = _concrete_scalar(fn, name, value)
@@ -74,7 +78,26 @@ def check_schedule_or_number(fn: str, name: str, value: Any, low: float = 0.0) -
   """A learning rate: a finite number >= ``low``, or a schedule (any callable)."""
   if callable(value):
     return
-  check_range(fn, name, value, low, hint=" (use maximize=True to ascend)" if name == "learning_rate" else "")
+  hint = " (use maximize=True to ascend)" if name == "learning_rate" else ""
+  check_range(fn, name, value, low, hint=hint, allow_none=False)
+
+
+def check_flag(fn: str, name: str, value: Any) -> None:
+  """A boolean switch: ``True`` or ``False`` (a string such as ``"no"`` would silently mean True)."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{fn}({name}={value!r}): {name} must be True or False, got {type(value).__name__}")
+
+
+def check_state_type(fn: str, state: Any, expected: type) -> None:
+  """Raises TypeError when ``update`` receives a state its ``init`` did not make (e.g. optax's own
+  ``ScaleByRmsState``, which has the same name but other fields)."""
+  if not isinstance(state, expected):
+    got = type(state)
+    raise TypeError(
+        f"{fn}: update() got a state of type {got.__module__}.{got.__qualname__}, not the "
+        f"{expected.__module__.split('._')[0]}.{expected.__qualname__} that {fn}'s init() makes; "
+        "pass the state returned by this transformation's init() (or by its previous update())"
+    )
 
 
 def _path_str(path) -> str:

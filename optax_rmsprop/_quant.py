@@ -131,5 +131,5 @@ class Blockwise8bit:
     return buffer.codes.shape
 
 
-_storage.register_codec(Blockwise8bit(), "int8", "uint8")
+_storage.register_codec(Blockwise8bit())
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_rmsprop import _checks, _storage
@@ -121,13 +122,28 @@ def _scale_by_second_moment(
     gc = g.astype(_storage.work_dtype(g.dtype))
     g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
     nu_c = _storage.load(nu, cdt)
-    nu_new = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
-    nu_new = _storage.clamp(nu_new, nu, nonnegative=True)
-    nu_hat = nu_new / corr if bias_correction else nu_new
+    nu_raw = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
+    nu_new = _storage.clamp(nu_raw, nu, nonnegative=True)
+    # A storage dtype narrower than the compute dtype (float16 state) overflows long before float32
+    # arithmetic does: this step then uses the unclamped value wherever that is finite, and only the
+    # stored value is clamped. (Decided at trace time: no extra work for float32 state.)
+    narrow = _storage.max_of(nu) < float(jnp.finfo(cdt).max)
+    fits = jnp.isfinite(nu_raw) if narrow else None
+    nu_step = jnp.where(fits, nu_raw, nu_new) if narrow else nu_new
+    nu_hat = nu_step / corr if bias_correction else nu_step
     if centered:
       dw = d.astype(gc.dtype)
-      mu_new = _storage.clamp((1 - dw) * gc + dw * _storage.load(mu, cdt), mu)
-      mu_hat = mu_new / corr.astype(mu_new.dtype) if bias_correction else mu_new
+      mu_raw = (1 - dw) * gc + dw * _storage.load(mu, cdt)
+      mu_new = _storage.clamp(mu_raw, mu)
+      # Where nu overflowed and was clamped, scale mu by sqrt(clamped / true nu) too, so that
+      # |mu|^2 <= nu still holds and the variance nu - |mu|^2 shrinks with nu instead of collapsing
+      # to 0 (which made steps of g / sqrt(eps) for hundreds of steps). The true root of nu, by
+      # hypot, is finite for any finite gradient.
+      root_nu = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(one_minus_d) * jnp.abs(gc))
+      shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root_nu, 1)
+      mu_new = mu_new * shrink.astype(mu_new.dtype)
+      mu_step = jnp.where(fits, mu_raw, mu_new) if narrow else mu_new
+      mu_hat = mu_step / corr.astype(mu_step.dtype) if bias_correction else mu_step
       m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
       # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
       var = jnp.maximum(nu_hat - m2, 0)
@@ -146,10 +162,10 @@ def _scale_by_second_moment(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if not isinstance(state, ScaleByRmsState):
-      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the ScaleByRmsState its init() makes")
+    _checks.check_state_type(fn, state, ScaleByRmsState)
     _check_tree(fn, updates, state.nu)
     _checks.check_float_leaves(fn, updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     count_inc = optax.safe_increment(state.count)
 
     def scalars(cdt):
@@ -161,10 +177,10 @@ def _scale_by_second_moment(
 
     scalars = _per_dtype(scalars)
 
-    mus = state.mu if centered else jax.tree.map(lambda _: None, state.nu, is_leaf=_storage.is_buffer)
-    triples = jax.tree.map(
-        lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus, is_leaf=lambda x: x is None
-    )
+    # Without centering, nu stands in for the absent mu tree (leaf() ignores it). Not a tree of
+    # None placeholders: is_leaf=None would also catch the None leaves of the params tree.
+    mus = state.mu if centered else state.nu
+    triples = jax.tree.map(lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(triples)
     new_updates = treedef.unflatten([t[0] for t in flat])
@@ -230,9 +246,11 @@ def scale_by_rms(
     <https://arxiv.org/abs/1308.0850>`_, 2013 (centered, eqs. 38-41).
   """
   fn = "scale_by_rms"
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
-  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0, allow_none=False)
+  for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("bias_correction", bias_correction), ("centered", centered)):
+    _checks.check_flag(fn, name, flag)
   return _scale_by_second_moment(
       fn,
       accumulate=False,
@@ -279,8 +297,9 @@ def scale_by_rss(
     Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
   """
   fn = "scale_by_rss"
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_flag(fn, "eps_in_sqrt", eps_in_sqrt)
   return _scale_by_second_moment(
       fn,
       accumulate=True,
@@ -325,10 +344,13 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> opt
   arrives as a float32 array (``inject_hyperparams``).
   """
   _checks.check_schedule_or_number("scale_by_learning_rate", "learning_rate", learning_rate)
+  _checks.check_flag("scale_by_learning_rate", "flip_sign", flip_sign)
   sign = -1 if flip_sign else 1
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
+    _checks.check_float_leaves("scale_by_learning_rate", updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)
     lr, state = _schedule_step(learning_rate, state)
     factor = _per_dtype(lambda cdt: _storage.hyper(sign * lr, cdt))
     return jax.tree.map(lambda u: _mul(u, factor(_storage.compute_dtype(u.dtype))), updates), state
@@ -349,7 +371,8 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     state_dtype: ``None`` keeps the buffer in the parameters' dtype; a float dtype stores it in it.
   """
   fn = "trace"
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0, high_open=True)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, high_open=True, allow_none=False)
+  _checks.check_flag(fn, "nesterov", nesterov)
   spec = _storage.resolve_state_dtype(fn, state_dtype)
 
   def init_fn(params):
@@ -367,9 +390,10 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    if not isinstance(state, TraceState):
-      raise TypeError(f"{fn}: update() got a {type(state).__name__}, not the TraceState its init() makes")
+    _checks.check_state_type(fn, state, TraceState)
     _check_tree(fn, updates, state.trace)
+    _checks.check_float_leaves(fn, updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)
 
     d_of = _per_dtype(lambda w: _storage.hyper(decay, _storage.compute_dtype(w)).astype(w))
 
@@ -381,9 +405,22 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_mask_leaves(fn: str, name: str, mask) -> None:
+  """A mask's leaves must be booleans: any other leaf (``"yes"``, ``0.5``) would silently mean True."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if not (isinstance(leaf, (bool, np.bool_)) or (dtype is not None and jnp.dtype(dtype) == jnp.bool_)):
+      where = jax.tree_util.keystr(path) or "<root>"
+      raise TypeError(
+          f"{fn}({name}=...): {name} leaf {where} must be a boolean (or a boolean array), got {leaf!r}; "
+          "pass a tree of booleans shaped like the params (or a prefix of it), or a callable returning one"
+      )
+
+
 def _full_mask(fn: str, mask, params):
   """The mask as a tree of booleans with the parameters' structure (prefix masks broadcast)."""
   m = mask(params) if callable(mask) else mask
+  _check_mask_leaves(fn, "weight_decay_mask", m)
   try:
     return jax.tree.map(lambda mk, sub: jax.tree.map(lambda _: mk, sub), m, params)
   except (ValueError, TypeError) as e:
@@ -410,14 +447,21 @@ def decoupled_weight_decay(
   """
   fn = "decoupled_weight_decay"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
+  if mask is not None and not callable(mask):
+    _check_mask_leaves(fn, "mask", mask)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
+    if params is None and jax.tree.leaves(updates):
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
+    if params is None:  # an empty tree (None itself is one): nothing to decay
+      params = updates
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
     _checks.check_same_shapes(fn, params, updates, "params", "gradient")
+    _checks.check_float_leaves(fn, updates, "gradient")
+    _checks.check_float_leaves(fn, params, "params")
+    updates, params = jax.tree.map(jnp.asarray, updates), jax.tree.map(jnp.asarray, params)
     lr, state = _schedule_step(learning_rate, state)
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
     rate_of = _per_dtype(
@@ -547,14 +591,19 @@ def rmsprop(
   """
   fn = "rmsprop"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
-  _checks.check_range(fn, "initial_scale", initial_scale, 0.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_range(fn, "initial_scale", initial_scale, 0.0, allow_none=False)
   _checks.check_range(fn, "momentum", momentum, 0.0, 1.0, high_open=True)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
   _storage.resolve_state_dtype(fn, state_dtype)
+  flags = dict(eps_in_sqrt=eps_in_sqrt, centered=centered, nesterov=nesterov, bias_correction=bias_correction)
+  for name, flag in {**flags, "maximize": maximize}.items():
+    _checks.check_flag(fn, name, flag)
   if weight_decay_mask is not None and weight_decay is None:
     raise ValueError(f"{fn}(weight_decay_mask=...): a mask needs weight_decay to be set")
+  if weight_decay_mask is not None and not callable(weight_decay_mask):
+    _check_mask_leaves(fn, "weight_decay_mask", weight_decay_mask)
   parts = [
       scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=centered, state_dtype=state_dtype),
       scale_by_learning_rate(learning_rate, flip_sign=not maximize),
@@ -601,6 +650,6 @@ def adagrad(
   """
   fn = "adagrad"
   _checks.check_schedule_or_number(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))

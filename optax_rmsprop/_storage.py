@@ -165,14 +165,21 @@ def _storage_dtype(like):
   return jnp.dtype(jnp.float32) if codec_of(like) is not None else like.dtype
 
 
+def max_of(like) -> float:
+  """The largest finite value ``like``'s storage can hold."""
+  return float(jnp.finfo(_storage_dtype(like)).max)
+
+
 def clamp(x, like, *, nonnegative: bool = False):
   """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype.
 
   ``nonnegative``: ``x`` is known to be >= 0 or NaN (a second moment), so only the upper bound is
   applied (one select fewer per element and leaf, which shortens compile time for large trees).
   """
-  # A Python float (weakly typed, exact in every float dtype) rather than an array per leaf.
-  limit = float(jnp.finfo(_storage_dtype(like)).max)
+  # A Python float (weakly typed) rather than an array per leaf. A storage dtype wider than the
+  # compute dtype (float64 state, float32 gradients) clamps to the narrower range, whose max is
+  # representable (float64's max would overflow to inf in float32).
+  limit = min(float(jnp.finfo(_storage_dtype(like)).max), float(jnp.finfo(real_dtype(x.dtype)).max))
   if jnp.issubdtype(x.dtype, jnp.complexfloating):
     return jax.lax.complex(_clip(jnp.real(x), limit), _clip(jnp.imag(x), limit))
   if nonnegative:

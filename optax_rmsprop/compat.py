@@ -65,12 +65,12 @@ def _present(value: Any) -> bool:
 
 
 def _check_lr(fn: str, name: str, value: Any, hint: str = "") -> None:
-  _checks.check_range(fn, name, value, 0.0, hint=hint)
+  _checks.check_range(fn, name, value, 0.0, hint=hint, allow_none=False)
 
 
 def _check_momentum(fn: str, value: Any) -> None:
   # A momentum of 1 or more never forgets a step and diverges; the core's trace() refuses it.
-  _checks.check_range(fn, "momentum", value, 0.0, 1.0, high_open=True)
+  _checks.check_range(fn, "momentum", value, 0.0, 1.0, high_open=True, allow_none=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,12 +94,14 @@ def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtra
     ``params``.
   """
   fn = "coupled_weight_decay"
-  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
+    if params is None and jax.tree.leaves(updates):
       raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
+    if params is None:  # an empty tree (None itself is one): nothing to decay
+      params = updates
     _checks.check_same_structure(fn, params, updates, "params", "gradient")
 
     def leaf(g, p):
@@ -127,7 +129,7 @@ def clip_by_tensor_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
     An :class:`optax.GradientTransformationExtraArgs` with an empty state.
   """
   fn = "clip_by_tensor_norm"
-  _checks.check_range(fn, "max_norm", max_norm, 0.0, low_open=True)
+  _checks.check_range(fn, "max_norm", max_norm, 0.0, low_open=True, allow_none=False)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -251,9 +253,11 @@ def torch_rmsprop(
   """
   fn = "torch_rmsprop"
   _check_lr(fn, "lr", lr, hint=" (use maximize=True to ascend)")
-  _checks.check_range(fn, "alpha", alpha, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
-  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _checks.check_flag(fn, "centered", centered)
+  _checks.check_flag(fn, "maximize", maximize)
+  _checks.check_range(fn, "alpha", alpha, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
   _check_momentum(fn, momentum)
   parts = []
   if maximize:
@@ -335,10 +339,10 @@ def torch_adagrad(
   """
   fn = "torch_adagrad"
   _check_lr(fn, "lr", lr)
-  _checks.check_range(fn, "lr_decay", lr_decay, 0.0)
-  _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "lr_decay", lr_decay, 0.0, allow_none=False)
+  _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   parts = [coupled_weight_decay(weight_decay)] if _present(weight_decay) else []
   parts.append(_rmsprop.scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
   parts.append(_rmsprop.scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
@@ -441,9 +445,10 @@ def keras_rmsprop(
   """
   fn = "keras_rmsprop"
   _check_lr(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "rho", rho, 0.0, 1.0)
+  _checks.check_range(fn, "rho", rho, 0.0, 1.0, allow_none=False)
+  _checks.check_flag(fn, "centered", centered)
   _check_momentum(fn, momentum)
-  _checks.check_range(fn, "epsilon", epsilon, 0.0)
+  _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
   parts = _keras_clipping(fn, clipnorm, clipvalue, global_clipnorm)
   parts.append(_rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered))
@@ -499,8 +504,8 @@ def keras_adagrad(
   """
   fn = "keras_adagrad"
   _check_lr(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0)
-  _checks.check_range(fn, "epsilon", epsilon, 0.0)
+  _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
+  _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   return _rmsprop.chain(
       _rmsprop.scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True),
       _rmsprop.scale_by_learning_rate(learning_rate),
@@ -566,9 +571,10 @@ def tf1_rmsprop(
   """
   fn = "tf1_rmsprop"
   _check_lr(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _check_momentum(fn, momentum)
-  _checks.check_range(fn, "epsilon", epsilon, 0.0)
+  _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
+  _checks.check_flag(fn, "centered", centered)
   parts = [
       _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered),  # ms starts at 1
       _rmsprop.scale_by_learning_rate(learning_rate),
@@ -625,9 +631,9 @@ def graves_rmsprop(
   """
   fn = "graves_rmsprop"
   _check_lr(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _check_momentum(fn, momentum)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   parts = [
       _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
       _rmsprop.scale_by_learning_rate(learning_rate),
@@ -683,8 +689,8 @@ def dqn_rmsprop(
   """
   fn = "dqn_rmsprop"
   _check_lr(fn, "learning_rate", learning_rate)
-  _checks.check_range(fn, "decay", decay, 0.0, 1.0)
-  _checks.check_range(fn, "eps", eps, 0.0)
+  _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
+  _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   return _rmsprop.chain(
       _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
       _rmsprop.scale_by_learning_rate(learning_rate),
