@@ -36,6 +36,20 @@ def _concrete_scalar(fn: str, name: str, value: Any) -> float | None:
   return float(arr)
 
 
+def static_float(value: Any) -> float | None:
+  """``value`` as a Python float when it is a concrete real scalar, else ``None`` (traced, array,
+  schedule...). For decisions made at trace time, never for validation."""
+  if isinstance(value, (jax.core.Tracer, bool)) or callable(value):
+    return None
+  try:
+    arr = np.asarray(value)
+  except Exception:
+    return None
+  if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.floating) and not jnp.issubdtype(arr.dtype, jnp.integer):
+    return None
+  return float(arr)
+
+
 def check_range(
     fn: str,
     name: str,

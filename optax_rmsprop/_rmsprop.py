@@ -116,6 +116,12 @@ def _scale_by_second_moment(
     mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
     return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
 
+  static_eps = _checks.static_float(eps)
+
+  def eps_is_normal(cdt) -> bool:
+    """Whether eps is known at trace time to be a normal (not zero, not subnormal) number."""
+    return static_eps is not None and static_eps >= float(jnp.finfo(cdt).tiny)
+
   def leaf(g, nu, mu, hyper):
     cdt = _storage.compute_dtype(g.dtype)
     d, one_minus_d, e, corr = hyper
@@ -135,12 +141,22 @@ def _scale_by_second_moment(
       dw = d.astype(gc.dtype)
       mu_raw = (1 - dw) * gc + dw * _storage.load(mu, cdt)
       mu_new = _storage.clamp(mu_raw, mu)
-      # Where nu overflowed and was clamped, scale mu by sqrt(clamped / true nu) too, so that
-      # |mu|^2 <= nu still holds and the variance nu - |mu|^2 shrinks with nu instead of collapsing
-      # to 0 (which made steps of g / sqrt(eps) for hundreds of steps). The true root of nu, by
-      # hypot, is finite for any finite gradient.
-      root_nu = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(one_minus_d) * jnp.abs(gc))
-      shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root_nu, 1)
+      # Where nu overflows and is clamped, mu must shrink with it (by sqrt(clamped / true nu)) so
+      # that |mu|^2 <= nu still holds and the variance nu - |mu|^2 does not collapse to 0 (which
+      # made steps of g / sqrt(eps) for hundreds of steps). The true root, by hypot, is finite for
+      # any finite gradient.
+      if narrow:
+        # float16 state: overflows at ordinary gradients (|g| > 256), so shrink exactly.
+        root = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(one_minus_d) * jnp.abs(gc))
+        shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root, 1)
+      else:
+        # The stored nu is <= M (the clamp's limit), so an overflow needs |g| > sqrt(M) (1.8e19 in
+        # float32). There mu is scaled by sqrt(M) / hypot(sqrt(d M), sqrt(1 - d)|g|), at least the
+        # exact shrink, from g alone: reading the old nu here too made XLA:CPU copy the donated nu
+        # buffer every step (the centered step ran 3x slower).
+        m = min(_storage.max_of(nu), float(jnp.finfo(cdt).max))
+        root = jnp.hypot(jnp.sqrt(d * m), jnp.sqrt(one_minus_d) * jnp.abs(gc))
+        shrink = jnp.where(jnp.abs(gc) > m**0.5, m**0.5 / root, 1)
       mu_new = mu_new * shrink.astype(mu_new.dtype)
       mu_step = jnp.where(fits, mu_raw, mu_new) if narrow else mu_new
       mu_hat = mu_step / corr.astype(mu_step.dtype) if bias_correction else mu_step
@@ -151,9 +167,14 @@ def _scale_by_second_moment(
     else:
       var, mu_out = nu_hat, None
     den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
-    # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
-    # (The discarded branch may be inf or NaN; the select never lets it through.)
-    scale = jnp.where(den > 0, jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den, 0)
+    inv = jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den
+    if eps_is_normal(cdt):
+      # var >= 0, so den >= eps > 0: no guard needed (and none paid for in the hot loop).
+      scale = inv
+    else:
+      # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
+      # (The discarded branch may be inf or NaN; the select never lets it through.)
+      scale = jnp.where(den > 0, inv, 0)
     return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
 
   # Traced once per leaf shape and dtype (and compiled once in eager mode), not once per leaf and
