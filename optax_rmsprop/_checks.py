@@ -172,3 +172,12 @@ def check_float_leaves(fn: str, tree, tree_name: str) -> None:
           "tree (e.g. nnx.Optimizer(..., wrt=nnx.Param)) or freeze them with "
           "optax.multi_transform(..., optax.set_to_zero())"
       )
+
+
+def params_for_decay(fn: str, params, updates):
+  """The params a weight-decay transform decays: required unless the gradient tree is empty."""
+  if params is None and jax.tree.leaves(updates):
+    raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
+  params = updates if params is None else params  # an empty tree (None itself is one): nothing to decay
+  check_same_structure(fn, params, updates, "params", "gradient")
+  return params

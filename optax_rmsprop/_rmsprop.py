@@ -474,11 +474,7 @@ def decoupled_weight_decay(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None and jax.tree.leaves(updates):
-      raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
-    if params is None:  # an empty tree (None itself is one): nothing to decay
-      params = updates
-    _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    params = _checks.params_for_decay(fn, params, updates)
     _checks.check_same_shapes(fn, params, updates, "params", "gradient")
     _checks.check_float_leaves(fn, updates, "gradient")
     _checks.check_float_leaves(fn, params, "params")

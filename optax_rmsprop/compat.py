@@ -98,11 +98,7 @@ def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtra
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None and jax.tree.leaves(updates):
-      raise ValueError(f"{fn}: weight decay needs the parameters: call update(grads, state, params)")
-    if params is None:  # an empty tree (None itself is one): nothing to decay
-      params = updates
-    _checks.check_same_structure(fn, params, updates, "params", "gradient")
+    params = _checks.params_for_decay(fn, params, updates)
 
     def leaf(g, p):
       cdt, w = _storage.compute_dtype(g.dtype), _storage.work_dtype(g.dtype)
