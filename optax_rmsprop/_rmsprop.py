@@ -91,6 +91,11 @@ def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state"
   _checks.check_same_shapes(fn, views, updates, buffers_name, "gradient")
 
 
+def _abs2(x):
+  """|x|^2, real."""
+  return jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
+
+
 def _scale_by_second_moment(
     fn: str,
     *,
@@ -124,19 +129,17 @@ def _scale_by_second_moment(
 
   def leaf(g, nu, mu, hyper):
     cdt = _storage.compute_dtype(g.dtype)
-    d, one_minus_d, e, corr = hyper
+    d, one_minus_d, e, corr, ratio = hyper
     gc = g.astype(_storage.work_dtype(g.dtype))
-    g2 = jnp.real(gc * jnp.conj(gc)) if jnp.iscomplexobj(gc) else gc * gc
+    g2 = _abs2(gc)
     nu_c = _storage.load(nu, cdt)
     nu_raw = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
     nu_new = _storage.clamp(nu_raw, nu, nonnegative=True)
-    # A storage dtype narrower than the compute dtype (float16 state) overflows long before float32
-    # arithmetic does: this step then uses the unclamped value wherever that is finite, and only the
-    # stored value is clamped. (Decided at trace time: no extra work for float32 state.)
-    narrow = _storage.max_of(nu) < float(jnp.finfo(cdt).max)
-    fits = jnp.isfinite(nu_raw) if narrow else None
-    nu_step = jnp.where(fits, nu_raw, nu_new) if narrow else nu_new
-    nu_hat = nu_step / corr if bias_correction else nu_step
+    nu_out = _storage.write(nu_new, nu)
+    # float16 state (see _storage.reads_back) overflows long before float32 arithmetic does: its
+    # step uses the unclamped values wherever they are finite; only the stored ones are clamped.
+    fits = jnp.isfinite(nu_raw) if _storage.small_range(nu) else None
+    mu_out = mu_step = None
     if centered:
       dw = d.astype(gc.dtype)
       mu_raw = (1 - dw) * gc + dw * _storage.load(mu, cdt)
@@ -145,7 +148,7 @@ def _scale_by_second_moment(
       # that |mu|^2 <= nu still holds and the variance nu - |mu|^2 does not collapse to 0 (which
       # made steps of g / sqrt(eps) for hundreds of steps). The true root, by hypot, is finite for
       # any finite gradient.
-      if narrow:
+      if _storage.small_range(nu):
         # float16 state: overflows at ordinary gradients (|g| > 256), so shrink exactly.
         root = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(one_minus_d) * jnp.abs(gc))
         shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root, 1)
@@ -158,14 +161,34 @@ def _scale_by_second_moment(
         root = jnp.hypot(jnp.sqrt(d * m), jnp.sqrt(one_minus_d) * jnp.abs(gc))
         shrink = jnp.where(jnp.abs(gc) > m**0.5, m**0.5 / root, 1)
       mu_new = mu_new * shrink.astype(mu_new.dtype)
-      mu_step = jnp.where(fits, mu_raw, mu_new) if narrow else mu_new
-      mu_hat = mu_step / corr.astype(mu_step.dtype) if bias_correction else mu_step
-      m2 = jnp.real(mu_hat * jnp.conj(mu_hat)) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
-      # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
-      var = jnp.maximum(nu_hat - m2, 0)
       mu_out = _storage.write(mu_new, mu)
+      if _storage.reads_back(mu, cdt):
+        mu_step = _storage.load(mu_out, cdt)
+      else:
+        mu_step = mu_new if fits is None else jnp.where(fits, mu_raw, mu_new)
+    # Buffers that round what they store (bfloat16 state, 8-bit codes): the step reads them
+    # back as stored, as PyTorch and Keras do with low-precision state. Using the unrounded values
+    # would keep the old buffers alive after the new ones are written, and XLA:CPU (which has no
+    # multi-output fusion) then copies every donated buffer each step. Floored by bounds that the
+    # exact values satisfy, so that a value rounded down (to 0 at worst) cannot inflate the step:
+    # nu_t >= (1 - decay)|g_t|^2 (AdaGrad: |g_t|^2) and, centered, from var_t = decay var_{t-1} +
+    # decay (1 - decay)|g_t - mu_{t-1}|^2, nu_t >= |mu_t|^2 + (1 - decay) / decay |g_t - mu_t|^2
+    # (which implies the first). Float32 state with float32 gradients: nothing changes.
+    if _storage.reads_back(nu, cdt) or (centered and _storage.reads_back(mu, cdt)):
+      if centered:
+        floor = _abs2(mu_step) + ratio * _abs2(gc - mu_step)
+      else:
+        floor = g2 if accumulate else one_minus_d * g2
+      nu_step = jnp.maximum(_storage.load(nu_out, cdt), floor)
     else:
-      var, mu_out = nu_hat, None
+      nu_step = nu_new if fits is None else jnp.where(fits, nu_raw, nu_new)
+    nu_hat = nu_step / corr if bias_correction else nu_step
+    if centered:
+      mu_hat = mu_step / corr.astype(mu_step.dtype) if bias_correction else mu_step
+      # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
+      var = jnp.maximum(nu_hat - _abs2(mu_hat), 0)
+    else:
+      var = nu_hat
     den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
     inv = jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den
     if eps_is_normal(cdt):
@@ -175,7 +198,7 @@ def _scale_by_second_moment(
       # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
       # (The discarded branch may be inf or NaN; the select never lets it through.)
       scale = jnp.where(den > 0, inv, 0)
-    return (gc * scale.astype(gc.dtype)).astype(g.dtype), _storage.write(nu_new, nu), mu_out
+    return (gc * scale.astype(gc.dtype)).astype(g.dtype), nu_out, mu_out
 
   # Traced once per leaf shape and dtype (and compiled once in eager mode), not once per leaf and
   # call: with thousands of leaves, tracing the same elementwise update again is most of the cost.
@@ -194,7 +217,9 @@ def _scale_by_second_moment(
       c = 1 - d ** count_inc.astype(cdt)
       # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): fall back to none.
       correction = jnp.where(c > 0, c, jnp.ones_like(c)) if bias_correction else None
-      return d, 1 - d, _storage.hyper(eps, cdt), correction
+      # (1 - decay) / decay, in the centered floor for rounded buffers (0 at decay 0: mu = g).
+      ratio = jnp.where(d > 0, (1 - d) / jnp.where(d > 0, d, 1), 0) if centered else None
+      return d, 1 - d, _storage.hyper(eps, cdt), correction, ratio
 
     scalars = _per_dtype(scalars)
 
@@ -242,7 +267,8 @@ def scale_by_rms(
       (PyTorch).
     bias_correction: divide the averages by :math:`1-\mathrm{decay}^t`.
     centered: subtract the squared mean gradient (Graves 2013).
-    state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype stores them in it.
+    state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype or ``"8bit"``
+      stores them in it (see :func:`rmsprop` for how a narrower buffer enters the step).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state :class:`ScaleByRmsState`.
@@ -404,8 +430,12 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     cdt = _storage.compute_dtype(u.dtype)
     uc = u.astype(_storage.work_dtype(u.dtype))
     b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
-    out = uc + d * b_new if nesterov else b_new
-    return out.astype(u.dtype), _storage.write(b_new, b)
+    b_out = _storage.write(b_new, b)
+    # A rounding buffer (bfloat16 or 8-bit state): the step uses the stored momentum, as
+    # PyTorch and Keras do; the unrounded one would keep the old buffer alive (a copy per step).
+    b_step = _storage.load(b_out, cdt).astype(uc.dtype) if _storage.reads_back(b, cdt) else b_new
+    out = uc + d * b_step if nesterov else b_step
+    return out.astype(u.dtype), b_out
 
   shared = jax.jit(leaf)  # traced once per leaf shape and dtype
 
@@ -571,8 +601,13 @@ def rmsprop(
     weight_decay_mask: which leaves decay: a tree of booleans (or a prefix of one), or a callable
       from params to one, as optax's masks.
     maximize: ascend instead of descend.
-    state_dtype: ``None`` (buffers in the parameters' dtype, as optax) or a float dtype for every
-      buffer (e.g. ``jnp.float32`` for bfloat16 parameters).
+    state_dtype: ``None`` (buffers in the parameters' dtype, as optax), a float dtype for every
+      buffer (e.g. ``jnp.float32`` for bfloat16 parameters, ``jnp.bfloat16`` for 2 bytes per
+      parameter and buffer) or ``"8bit"`` (blockwise codes, about 1 byte). Buffers narrower than
+      the arithmetic (bfloat16, 8-bit) are used in the step as stored, as PyTorch and Keras use
+      low-precision state, with ``nu`` floored by a bound the exact value satisfies
+      (``(1 - decay)|g|^2``; centered ``|mu|^2 + (1 - decay) / decay |g - mu|^2``); float16
+      state, whose range ordinary gradients overflow, is used unrounded.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; its state is the chain's tuple, whose

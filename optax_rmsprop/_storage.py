@@ -170,6 +170,25 @@ def max_of(like) -> float:
   return float(jnp.finfo(_storage_dtype(like)).max)
 
 
+def small_range(like) -> bool:
+  """Whether ``like``'s storage overflows at ordinary magnitudes (float16: squares of |g| > 256)."""
+  return max_of(like) < 1e30
+
+
+def reads_back(like, cdt) -> bool:
+  """Whether a step should use ``like``'s new value as stored (rounded) rather than as computed.
+
+  True for 8-bit codes and for storage dtypes narrower than ``cdt`` with its range (bfloat16): XLA
+  then writes the buffer in place, where recomputing the unrounded value for the step needs the old
+  buffer after the new one is written (XLA:CPU, which has no multi-output fusion, copies it every
+  step). False for float16, whose range ordinary gradients overflow: its step uses the unclamped
+  values (and XLA:CPU keeps one copy of the buffer).
+  """
+  if codec_of(like) is not None:
+    return True
+  return real_dtype(like.dtype).itemsize < jnp.dtype(cdt).itemsize and not small_range(like)
+
+
 def clamp(x, like, *, nonnegative: bool = False):
   """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype.
 

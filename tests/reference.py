@@ -20,7 +20,11 @@ Documented differences from optax, each switchable so a test can also reproduce 
   momentum, optionally masked (list of bools or a callable from params to one);
 * ``maximize``: flips the sign of the RMS step, not of the decay;
 * buffers are stored clamped to the finite range of their storage dtype (``state_dtype``, by
-  default ``dtype``), so one overflowing square cannot leave an infinite second moment.
+  default ``dtype``), so one overflowing square cannot leave an infinite second moment;
+* a storage dtype narrower than ``dtype`` other than float16 (bfloat16): the step reads the buffers as
+  stored (rounded), as PyTorch and Keras do with low-precision state, with ``nu`` floored by a
+  bound the exact value satisfies: ``(1 - decay)|g|^2`` or, centered, ``|mu|^2 + (1 - decay) /
+  decay * |g - mu|^2`` (``mu`` as read back; 0 for the ratio at decay 0).
 """
 
 from __future__ import annotations
@@ -115,7 +119,8 @@ def rmsprop_step(
   """One RMSProp update. Returns ``(updates, new_state)``; ``state`` is not modified.
 
   Arithmetic is in ``dtype``; buffers are clamped to the finite range of ``state_dtype`` (default
-  ``dtype``), used at that precision in this step, and rounded to ``state_dtype`` when kept.
+  ``dtype``) and rounded to it when kept. A narrower ``state_dtype`` is read back rounded by this
+  step too, with the floors of the module docstring.
   """
   del initial_scale
   t = state["t"] + 1
@@ -138,11 +143,21 @@ def rmsprop_step(
       # Buffers are clamped to their storage type's finite range; this step uses them in compute
       # precision, and they are rounded to the storage type when kept.
       storage = _storage_dtype(dtype, state_dtype)
+      # float16 (a range that ordinary gradients overflow) is used unrounded, as computed.
+      lossy = storage.itemsize < np.dtype(dtype).itemsize and storage != np.float16
       nu = _finite_clamp(d * state["nu"][i] + (one - d) * _abs_sq(g), storage)
       mu = _finite_clamp(d * state["mu"][i] + (one - d) * g, storage)
-      nu_hat = nu / correction if bias_correction else nu
+      mu_s = _rounded(mu, dtype, state_dtype) if lossy else mu
+      if lossy and centered:
+        ratio = (one - d) / d if d > 0 else dtype(0)
+        nu_s = np.maximum(_rounded(nu, dtype, state_dtype), _abs_sq(mu_s) + ratio * _abs_sq(g - mu_s))
+      elif lossy:
+        nu_s = np.maximum(_rounded(nu, dtype, state_dtype), (one - d) * _abs_sq(g))
+      else:
+        nu_s = nu
+      nu_hat = nu_s / correction if bias_correction else nu_s
       if centered:
-        mu_hat = mu / correction if bias_correction else mu
+        mu_hat = mu_s / correction if bias_correction else mu_s
         var = nu_hat - _abs_sq(mu_hat)
         if clamp_variance:
           var = np.maximum(var, dtype(0))
@@ -158,7 +173,8 @@ def rmsprop_step(
       b = state["trace"][i]
       if momentum is not None:
         b = _finite_clamp(step + dtype(momentum) * b, storage)
-        step = step + dtype(momentum) * b if nesterov else b
+        b_s = _rounded(b, dtype, state_dtype) if lossy else b
+        step = step + dtype(momentum) * b_s if nesterov else b_s
       if weight_decay is not None and mask[i]:
         step = step - lr * dtype(weight_decay) * _work(params[i], dtype)
       updates.append(step.astype(g.dtype))

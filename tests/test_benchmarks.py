@@ -37,3 +37,18 @@ def test_smoke_run_writes_json_and_markdown(tmp_path):
   assert by["ours-bf16", "plain"]["state_bytes_per_param"] == pytest.approx(2.0, abs=1e-3)
   assert by["ours-8bit", "plain"]["state_bytes_per_param"] <= 1.05
   assert md.count("\n|") == len(rows) + 2  # header, separator, one line per row
+
+
+@pytest.mark.slow
+def test_grouping_experiment_smoke(tmp_path):
+  """The many-leaf experiment runs and reports every implementation with its kernel count."""
+  from benchmarks import grouping
+
+  assert grouping.main(["--smoke", "--out", str(tmp_path)]) == 0
+  md = (tmp_path / "grouping.md").read_text()
+  assert "µs per kernel" in md
+  rows = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| ") and "impl" not in line]
+  names = {r[0].strip() for r in rows}
+  assert {"optax", "ours", "stream", "grouped k=4"} <= names
+  for r in rows:
+    assert float(r[1]) > 0 and int(r[3]) > 0  # step ms, kernels
