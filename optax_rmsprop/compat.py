@@ -64,6 +64,15 @@ def _present(value: Any) -> bool:
   return True
 
 
+def _lr_inside_momentum(rms, learning_rate: Any, momentum: Any = None) -> list:
+  """The Keras/TF1/papers order: the rms scaling, then the learning rate, then momentum (so the
+  learning rate sits inside the momentum buffer; PyTorch's order differs, see torch_rmsprop)."""
+  parts = [rms, _rmsprop.scale_by_learning_rate(learning_rate)]
+  if _present(momentum):
+    parts.append(_rmsprop.trace(momentum))
+  return parts
+
+
 def _check_lr(fn: str, name: str, value: Any, hint: str = "") -> None:
   _checks.check_range(fn, name, value, 0.0, hint=hint, allow_none=False)
 
@@ -447,10 +456,8 @@ def keras_rmsprop(
   _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
   parts = _keras_clipping(fn, clipnorm, clipvalue, global_clipnorm)
-  parts.append(_rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered))
-  parts.append(_rmsprop.scale_by_learning_rate(learning_rate))
-  if _present(momentum):
-    parts.append(_rmsprop.trace(momentum))  # after the learning rate: lr inside the buffer
+  rms = _rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered)
+  parts += _lr_inside_momentum(rms, learning_rate, momentum)
   if weight_decay is not None:
     parts.append(_rmsprop.decoupled_weight_decay(learning_rate, weight_decay))
   return _rmsprop.chain(*parts)
@@ -571,13 +578,8 @@ def tf1_rmsprop(
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   _checks.check_flag(fn, "centered", centered)
-  parts = [
-      _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered),  # ms starts at 1
-      _rmsprop.scale_by_learning_rate(learning_rate),
-  ]
-  if _present(momentum):
-    parts.append(_rmsprop.trace(momentum))
-  return _rmsprop.chain(*parts)
+  rms = _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered)  # ms starts at 1
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum))
 
 
 def graves_rmsprop(
@@ -630,13 +632,8 @@ def graves_rmsprop(
   _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
-  parts = [
-      _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
-      _rmsprop.scale_by_learning_rate(learning_rate),
-  ]
-  if _present(momentum):
-    parts.append(_rmsprop.trace(momentum))
-  return _rmsprop.chain(*parts)
+  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True)
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum))
 
 
 def dqn_rmsprop(
@@ -687,8 +684,6 @@ def dqn_rmsprop(
   _check_lr(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
-  return _rmsprop.chain(
-      _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True),
-      _rmsprop.scale_by_learning_rate(learning_rate),
-  )
+  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True)
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate))
 
