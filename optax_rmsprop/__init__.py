@@ -3,27 +3,27 @@
 # Registers state_dtype="8bit" with _storage (the core does not import the quantized codec).
 from optax_rmsprop import _quant as _quant  # noqa: F401
 from optax_rmsprop import compat as compat
-from optax_rmsprop._rmsprop import ScaleByRmsState as ScaleByRmsState
-from optax_rmsprop._rmsprop import TraceState as TraceState
+from optax_rmsprop._rmsprop import DecoupledWeightDecayState as DecoupledWeightDecayState
 from optax_rmsprop._rmsprop import adagrad as adagrad
 from optax_rmsprop._rmsprop import decoupled_weight_decay as decoupled_weight_decay
 from optax_rmsprop._rmsprop import rmsprop as rmsprop
 from optax_rmsprop._rmsprop import scale_by_learning_rate as scale_by_learning_rate
 from optax_rmsprop._rmsprop import scale_by_rms as scale_by_rms
 from optax_rmsprop._rmsprop import scale_by_rss as scale_by_rss
+from optax_rmsprop._rmsprop import scale_by_stddev as scale_by_stddev
 from optax_rmsprop._rmsprop import trace as trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compat",
-    "ScaleByRmsState",
-    "TraceState",
+    "DecoupledWeightDecayState",
     "adagrad",
     "decoupled_weight_decay",
     "rmsprop",
     "scale_by_learning_rate",
     "scale_by_rms",
     "scale_by_rss",
+    "scale_by_stddev",
     "trace",
 ]

@@ -9,57 +9,45 @@ writes its buffers through ``_storage`` (which keeps them finite and in the requ
 returns updates in the gradients' dtype.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optax._src import transform as _optax_transform
 
 from optax_rmsprop import _checks, _storage
 
 __all__ = [
-    "ScaleByRmsState",
-    "TraceState",
+    "DecoupledWeightDecayState",
     "adagrad",
     "decoupled_weight_decay",
     "rmsprop",
     "scale_by_learning_rate",
     "scale_by_rms",
     "scale_by_rss",
+    "scale_by_stddev",
     "trace",
 ]
 
 
-class ScaleByRmsState(NamedTuple):
-  """State of :func:`scale_by_rms` and :func:`scale_by_rss`, whatever the flags.
+# optax's own state classes, so that checkpoints, ``optax.tree_utils`` and partition rules written
+# for optax.rmsprop/adagrad work unchanged. optax does not re-export the two "WithCount" classes.
+_RMS_STATE = {False: optax.ScaleByRmsState, True: _optax_transform.ScaleByRmsWithCountState}
+_STDDEV_STATE = {False: optax.ScaleByRStdDevState, True: _optax_transform.ScaleByRStdDevWithCountState}
+
+
+class DecoupledWeightDecayState(NamedTuple):
+  """State of :func:`decoupled_weight_decay` with a scheduled learning rate.
 
   Attributes:
-    count: int32 scalar, the number of updates applied so far; saturates at the int32 maximum
-      instead of wrapping (it drives bias correction).
-    nu: a tree like the parameters: the exponentially weighted average of squared gradients
-      (the running sum for AdaGrad). Real even for complex parameters; stored in ``state_dtype``
-      (default: the parameters' dtype).
-    mu: with ``centered=True`` a tree like the parameters holding the exponentially weighted
-      average of the gradients (complex for complex parameters); otherwise ``None``.
+    step: int32 scalar, the number of updates applied so far (the schedule's argument). Not
+      called ``count``, so that ``optax.tree_utils.tree_get(state, "count")`` still finds the one
+      count of the learning-rate stage, as it does for ``optax.rmsprop``.
   """
 
-  count: jax.Array
-  nu: optax.Updates
-  mu: optax.Updates | None
-
-
-class TraceState(NamedTuple):
-  """State of :func:`trace`.
-
-  Attributes:
-    trace: a tree like the parameters: the momentum buffer, in ``state_dtype`` (default: the
-      parameters' dtype; complex for complex parameters).
-  """
-
-  trace: optax.Updates
+  step: jax.Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +84,31 @@ def _abs2(x):
   return jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
 
 
+def _is_traced(tree) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _scalar(value, cdt):
+  """A hyperparameter where it meets an array, with optax's arithmetic: a Python or NumPy number
+  stays a (weakly typed) Python number, an array is cast to ``cdt`` (its real part for the complex
+  hyperparameters inject_hyperparams makes for complex parameters)."""
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    return _storage.hyper(value, cdt)
+  return float(np.real(value))
+
+
+def _like(scalar, x):
+  """A :func:`_scalar` in ``x``'s dtype where it is an array (complex ``x``: no implicit promotion)."""
+  return scalar.astype(x.dtype) if isinstance(scalar, (jax.Array, jax.core.Tracer)) else scalar
+
+
+def _decay_for_correction(decay):
+  """``decay`` as optax hands it to ``optax.tree.bias_correction`` (real part if complex)."""
+  if isinstance(value := decay, (jax.Array, jax.core.Tracer)) and jnp.iscomplexobj(value):
+    return jnp.real(value)
+  return decay
+
+
 def _scale_by_second_moment(
     fn: str,
     *,
@@ -111,29 +124,42 @@ def _scale_by_second_moment(
   """Divides updates by the root of a per-element second moment of the gradients.
 
   ``accumulate=False``: ``nu <- decay * nu + (1 - decay) * |g|^2`` (RMSProp);
-  ``accumulate=True``: ``nu <- nu + |g|^2`` (AdaGrad).
+  ``accumulate=True``: ``nu <- nu + |g|^2`` (AdaGrad). The state is optax's for the same rule.
   """
   spec = _storage.resolve_state_dtype(fn, state_dtype)
 
   def init_fn(params):
     _checks.check_float_leaves(fn, params, "params")
     nu = jax.tree.map(lambda p: _storage.create(p, initial_scale, spec, real=True), params)
-    mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
-    return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu)
+    if accumulate:
+      return optax.ScaleByRssState(sum_of_squares=nu)
+    fields: dict[str, Any] = {"nu": nu}
+    if centered:
+      fields["mu"] = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params)
+    if bias_correction:
+      fields["count"] = jnp.zeros([], jnp.int32)
+    return (_STDDEV_STATE if centered else _RMS_STATE)[bias_correction](**fields)
 
+  state_type = optax.ScaleByRssState if accumulate else (_STDDEV_STATE if centered else _RMS_STATE)[bias_correction]
   static_eps = _checks.static_float(eps)
+  static_decay = _checks.static_float(decay)
+  # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): no correction then.
+  correct = bias_correction and static_decay != 1.0
 
   def eps_is_normal(cdt) -> bool:
     """Whether eps is known at trace time to be a normal (not zero, not subnormal) number."""
     return static_eps is not None and static_eps >= float(jnp.finfo(cdt).tiny)
 
-  def leaf(g, nu, mu, hyper):
+  def moments(g, nu, mu, decay, eps):
+    """The new buffers (as stored) and the moments the step uses."""
+    del eps
     cdt = _storage.compute_dtype(g.dtype)
-    d, one_minus_d, e, corr, ratio = hyper
+    # 1 - decay in decay's own arithmetic (a Python float: in double), as optax.
+    d, one_minus_d = _scalar(decay, cdt), _scalar(1 - decay, cdt)
     gc = g.astype(_storage.work_dtype(g.dtype))
     g2 = _abs2(gc)
     nu_c = _storage.load(nu, cdt)
-    nu_raw = nu_c + g2 if accumulate else one_minus_d * g2 + d * nu_c
+    nu_raw = g2 + nu_c if accumulate else one_minus_d * g2 + d * nu_c
     nu_new = _storage.clamp(nu_raw, nu, nonnegative=True)
     nu_out = _storage.write(nu_new, nu)
     # float16 state (see _storage.reads_back) overflows long before float32 arithmetic does: its
@@ -141,9 +167,7 @@ def _scale_by_second_moment(
     fits = jnp.isfinite(nu_raw) if _storage.small_range(nu) else None
     mu_out = mu_step = None
     if centered:
-      dw = d.astype(gc.dtype)
-      mu_raw = (1 - dw) * gc + dw * _storage.load(mu, cdt)
-      mu_new = _storage.clamp(mu_raw, mu)
+      mu_raw = _like(one_minus_d, gc) * gc + _like(d, gc) * _storage.load(mu, cdt)
       # Where nu overflows and is clamped, mu must shrink with it (by sqrt(clamped / true nu)) so
       # that |mu|^2 <= nu still holds and the variance nu - |mu|^2 does not collapse to 0 (which
       # made steps of g / sqrt(eps) for hundreds of steps). The true root, by hypot, is finite for
@@ -152,16 +176,20 @@ def _scale_by_second_moment(
         # float16 state: overflows at ordinary gradients (|g| > 256), so shrink exactly.
         root = jnp.hypot(jnp.sqrt(d * nu_c), jnp.sqrt(one_minus_d) * jnp.abs(gc))
         shrink = jnp.where(nu_raw > nu_new, jnp.sqrt(nu_new) / root, 1)
+        mu_new = _storage.clamp(mu_raw, mu) * shrink.astype(mu_raw.dtype)
       else:
         # The stored nu is <= M (the clamp's limit), so an overflow needs |g| > sqrt(M) (1.8e19 in
-        # float32). There mu is scaled by sqrt(M) / (sqrt(d M) + sqrt(1 - d)|g|), at least the
-        # exact shrink (the true root is at most hypot(sqrt(d M), sqrt(1 - d)|g|) <= that sum),
-        # from g alone: reading the old nu here too made XLA:CPU copy the donated nu buffer every
-        # step (3x slower), and a hypot per element doubled the centered step's compile time.
+        # float32). There mu is clamped and scaled by sqrt(M) / (sqrt(d M) + sqrt(1 - d)|g|), at
+        # least the exact shrink (the true root is at most hypot(sqrt(d M), sqrt(1 - d)|g|) <=
+        # that sum), from g alone: reading the old nu here too made XLA:CPU copy the donated nu
+        # buffer every step (3x slower), and a hypot per element doubled the centered step's
+        # compile time. Elsewhere mu, a convex combination of finite values, is finite and left
+        # as optax computes it (clamping it there too changed how XLA:CPU contracts its
+        # multiply-add into an fma, and so its last bit).
         m = min(_storage.max_of(nu), float(jnp.finfo(cdt).max))
         big = jnp.abs(gc) > m**0.5
-        shrink = jnp.where(big, m**0.5 / (jnp.sqrt(d * m) + jnp.sqrt(one_minus_d) * jnp.abs(gc)), 1)
-      mu_new = mu_new * shrink.astype(mu_new.dtype)
+        shrink = m**0.5 / (jnp.sqrt(d * m) + jnp.sqrt(one_minus_d) * jnp.abs(gc))
+        mu_new = jnp.where(big, _storage.clamp(mu_raw, mu) * shrink.astype(mu_raw.dtype), mu_raw)
       mu_out = _storage.write(mu_new, mu)
       if _storage.reads_back(mu, cdt):
         mu_step = _storage.load(mu_out, cdt)
@@ -177,71 +205,107 @@ def _scale_by_second_moment(
     # (which implies the first). Float32 state with float32 gradients: nothing changes.
     if _storage.reads_back(nu, cdt) or (centered and _storage.reads_back(mu, cdt)):
       if centered:
+        # (1 - decay) / decay (0 at decay 0: mu = g).
+        ratio = jnp.where(d > 0, one_minus_d / jnp.where(d > 0, d, 1), 0)
         floor = _abs2(mu_step) + ratio * _abs2(gc - mu_step)
       else:
         floor = g2 if accumulate else one_minus_d * g2
       nu_step = jnp.maximum(_storage.load(nu_out, cdt), floor)
     else:
       nu_step = nu_new if fits is None else jnp.where(fits, nu_raw, nu_new)
-    nu_hat = nu_step / corr if bias_correction else nu_step
+
+    return nu_out, mu_out, nu_step, mu_step
+
+  def scaled(g, nu_hat, mu_hat, decay, eps):
+    """The update from the (bias-corrected) moments."""
+    del decay
+    cdt = _storage.compute_dtype(g.dtype)
+    e = _scalar(eps, cdt)
+    gc = g.astype(_storage.work_dtype(g.dtype))
     if centered:
-      mu_hat = mu_step / corr.astype(mu_step.dtype) if bias_correction else mu_step
-      # v - m^2 >= 0 in exact arithmetic; rounding can make it negative (optax: NaN).
-      var = jnp.maximum(nu_hat - _abs2(mu_hat), 0)
+      # v - |m|^2 >= 0 in exact arithmetic; rounding can make it negative. Where that makes
+      # optax's denominator <= 0 (NaN or inf), the variance is taken as 0.
+      var = nu_hat - _abs2(mu_hat)
+      if eps_in_sqrt:
+        den = var + e
+        den = jnp.where(den > 0, den, e)
+      else:
+        den = jnp.sqrt(jnp.maximum(var, 0)) + e
     else:
-      var = nu_hat
-    den = var + e if eps_in_sqrt else jnp.sqrt(var) + e
+      den = nu_hat + e if eps_in_sqrt else jnp.sqrt(nu_hat) + e
     inv = jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den
-    if eps_is_normal(cdt):
-      # var >= 0, so den >= eps > 0: no guard needed (and none paid for in the hot loop).
+    if accumulate and eps_in_sqrt:
+      # optax.scale_by_rss: a zero update where the sum of squares is 0.
+      scale = jnp.where(nu_hat > 0, inv, 0)
+    elif eps_is_normal(cdt):
+      # var >= 0 (or den >= eps), so den >= eps > 0: no guard needed (and none paid for in the hot loop).
       scale = inv
     else:
       # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
       # (The discarded branch may be inf or NaN; the select never lets it through.)
       scale = jnp.where(den > 0, inv, 0)
-    return (gc * scale.astype(gc.dtype)).astype(g.dtype), nu_out, mu_out
+    return (scale.astype(gc.dtype) * gc).astype(g.dtype)
 
-  # Traced once per leaf shape and dtype (and compiled once in eager mode), not once per leaf and
-  # call: with thousands of leaves, tracing the same elementwise update again is most of the cost.
-  shared = jax.jit(leaf)
+  # Hyperparameters known at construction (Python or NumPy numbers, concrete arrays) are closed
+  # over, as optax's constants are; traced ones (inject_hyperparams under jit) are arguments.
+  hyper = {"decay": decay, "eps": eps}
+  dynamic = [k for k, v in hyper.items() if isinstance(v, jax.core.Tracer)]
+  fixed = {k: v for k, v in hyper.items() if k not in dynamic}
+  stages = {f: (lambda *a, f=f: f(*a[:-1], **fixed, **a[-1])) for f in (moments, scaled)}
+  # Jitted per leaf shape and dtype while traced (with thousands of leaves, tracing the same
+  # elementwise update again is most of the cost); op by op when eager, as optax's update runs:
+  # one fused kernel rounds differently (XLA:CPU contracts a * b + c into one fma).
+  jitted = {f: jax.jit(body) for f, body in stages.items()}
+
+  def correct_tree(xs, count, dyn):
+    """optax's bias correction, called as optax calls it (on the whole tree): XLA turns its
+    divisions into multiplications by one reciprocal or not depending on the graph around them."""
+    d = {**fixed, **dyn}["decay"]
+    hats = optax.tree.bias_correction(xs, _decay_for_correction(d), count)
+    if static_decay is None:  # a traced decay may be 1: 0/0, no correction there
+      hats = [jnp.where(_storage.hyper(d, x.dtype) == 1, x, h) for x, h in zip(xs, hats, strict=True)]
+    return hats
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _checks.check_state_type(fn, state, ScaleByRmsState)
-    _check_tree(fn, updates, state.nu)
+    _checks.check_state_type(fn, state, state_type)
+    nus = state.sum_of_squares if accumulate else state.nu
+    _check_tree(fn, updates, nus)
     _checks.check_float_leaves(fn, updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
-    count_inc = optax.safe_increment(state.count)
+    count_inc = optax.safe_increment(state.count) if bias_correction else None
+    dyn = {k: hyper[k] for k in dynamic}
+    run = jitted if _is_traced((updates, state, dyn)) else stages
 
-    def scalars(cdt):
-      d = _storage.hyper(decay, cdt)
-      c = 1 - d ** count_inc.astype(cdt)
-      # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): fall back to none.
-      correction = jnp.where(c > 0, c, jnp.ones_like(c)) if bias_correction else None
-      # (1 - decay) / decay, in the centered floor for rounded buffers (0 at decay 0: mu = g).
-      ratio = jnp.where(d > 0, (1 - d) / jnp.where(d > 0, d, 1), 0) if centered else None
-      return d, 1 - d, _storage.hyper(eps, cdt), correction, ratio
-
-    scalars = _per_dtype(scalars)
-
-    # Without centering, nu stands in for the absent mu tree (leaf() ignores it). Not a tree of
-    # None placeholders: is_leaf=None would also catch the None leaves of the params tree.
-    mus = state.mu if centered else state.nu
-    triples = jax.tree.map(lambda g, nu, mu: shared(g, nu, mu, scalars(_storage.compute_dtype(g.dtype))), updates, state.nu, mus)
     treedef = jax.tree.structure(updates)
-    flat = treedef.flatten_up_to(triples)
-    new_updates = treedef.unflatten([t[0] for t in flat])
-    nu = treedef.unflatten([t[1] for t in flat])
-    mu = treedef.unflatten([t[2] for t in flat]) if centered else None
-    return new_updates, ScaleByRmsState(count=count_inc, nu=nu, mu=mu)
+    gs = treedef.flatten_up_to(updates)
+    nu_in = treedef.flatten_up_to(nus)
+    # Without centering, nu stands in for the absent mu tree (moments() ignores it).
+    mu_in = treedef.flatten_up_to(state.mu) if centered else nu_in
+    out = [run[moments](g, nu, mu, dyn) for g, nu, mu in zip(gs, nu_in, mu_in, strict=True)]
+    nu_steps = [o[2] for o in out]
+    mu_steps = [o[3] for o in out] if centered else nu_steps
+    if correct:
+      nu_steps = correct_tree(nu_steps, count_inc, dyn)
+      mu_steps = correct_tree(mu_steps, count_inc, dyn) if centered else nu_steps
+    new_updates = treedef.unflatten([run[scaled](g, n, m, dyn) for g, n, m in zip(gs, nu_steps, mu_steps, strict=True)])
+    nu = treedef.unflatten([o[0] for o in out])
+    if accumulate:
+      return new_updates, optax.ScaleByRssState(sum_of_squares=nu)
+    fields: dict[str, Any] = {"nu": nu}
+    if centered:
+      fields["mu"] = treedef.unflatten([o[1] for o in out])
+    if bias_correction:
+      fields["count"] = count_inc
+    return new_updates, state_type(**fields)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_rms(
-    decay: Any = 0.9,
-    eps: Any = 1e-8,
-    initial_scale: Any = 0.0,
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
     *,
@@ -256,8 +320,8 @@ def scale_by_rms(
 
   with :math:`\nu_0 =` ``initial_scale`` and :math:`\mu_0 = 0`; with ``bias_correction`` both
   are divided by :math:`1-\mathrm{decay}^t` (:math:`t` counts from 1). The variance estimate is
-  :math:`s_t = \hat\nu_t` or, centered, :math:`\max(\hat\nu_t - |\hat\mu_t|^2, 0)`, and the
-  output is :math:`g_t/\sqrt{s_t+\epsilon}` (``eps_in_sqrt=True``) or
+  :math:`s_t = \hat\nu_t` or, centered, :math:`\hat\nu_t - |\hat\mu_t|^2` (taken as 0 where
+  rounding makes the denominator :math:`\le 0`, where optax's is NaN or inf), and the output is :math:`g_t/\sqrt{s_t+\epsilon}` (``eps_in_sqrt=True``) or
   :math:`g_t/(\sqrt{s_t}+\epsilon)`, with :math:`\epsilon =` ``eps``.
 
   Args:
@@ -267,12 +331,14 @@ def scale_by_rms(
     eps_in_sqrt: whether ``eps`` goes inside the square root (optax, Keras, TF1) or outside
       (PyTorch).
     bias_correction: divide the averages by :math:`1-\mathrm{decay}^t`.
-    centered: subtract the squared mean gradient (Graves 2013).
+    centered: subtract the squared mean gradient (Graves 2013): :func:`scale_by_stddev`.
     state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype or ``"8bit"``
       stores them in it (see :func:`rmsprop` for how a narrower buffer enters the step).
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs` with state :class:`ScaleByRmsState`.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is optax's own:
+    ``optax.ScaleByRmsState(nu)``, with ``bias_correction`` optax's
+    ``ScaleByRmsWithCountState(count, nu)`` (centered: see :func:`scale_by_stddev`).
 
   Example:
     >>> import jax.numpy as jnp, optax_rmsprop
@@ -282,9 +348,10 @@ def scale_by_rms(
     >>> [round(float(x), 4) for x in u]  # g / sqrt(0.1 g^2 + eps) = sign(g) sqrt(10)
     [3.1623, -3.1623]
 
-  Beyond :func:`optax.scale_by_rms`: the centered variance is clamped at 0, a zero denominator
-  gives a zero update, arithmetic is in at least float32, complex parameters keep a real
-  :math:`\nu`, and buffers are clamped to their dtype's finite range.
+  Float32 and float64 updates are bit for bit :func:`optax.scale_by_rms`'s wherever those are
+  finite. Beyond it: a zero denominator gives a zero update, arithmetic is in at least float32,
+  complex parameters keep a real :math:`\nu`, and buffers are clamped to their dtype's finite
+  range.
 
   References:
     Hinton, Srivastava, Swersky, `Lecture 6e of Neural Networks for Machine Learning
@@ -312,9 +379,59 @@ def scale_by_rms(
   )
 
 
+def scale_by_stddev(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+    *,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates by the root of the centered exponential average of squared gradients.
+
+  :func:`scale_by_rms` with ``centered=True``, under optax's name (:func:`optax.scale_by_stddev`):
+
+  .. math::
+    \mu_t = \mathrm{decay}\,\mu_{t-1} + (1-\mathrm{decay})\,g_t, \qquad
+    u_t = g_t / \sqrt{\hat\nu_t - |\hat\mu_t|^2 + \epsilon}
+
+  (or :math:`g_t/(\sqrt{\hat\nu_t - |\hat\mu_t|^2} + \epsilon)` without ``eps_in_sqrt``), with
+  :math:`\nu_t` as in :func:`scale_by_rms`. The variance :math:`\hat\nu_t - |\hat\mu_t|^2` is
+  non-negative in exact arithmetic; where rounding makes the denominator :math:`\le 0` (optax:
+  NaN or inf) it is taken as 0.
+
+  Args:
+    decay: the averages' decay rate, in [0, 1].
+    eps: added to the denominator, >= 0.
+    initial_scale: the initial second moment :math:`\nu_0`, >= 0.
+    eps_in_sqrt: whether ``eps`` goes inside the square root.
+    bias_correction: divide both averages by :math:`1-\mathrm{decay}^t`.
+    state_dtype: as in :func:`scale_by_rms`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` whose state is optax's
+    ``optax.ScaleByRStdDevState(mu, nu)`` (with ``bias_correction``,
+    ``ScaleByRStdDevWithCountState(count, mu, nu)``).
+
+  Example:
+    >>> import jax.numpy as jnp, optax_rmsprop
+    >>> tx = optax_rmsprop.scale_by_stddev()
+    >>> g = jnp.array([3.0, -4.0])
+    >>> u, state = tx.update(g, tx.init(g))
+    >>> [round(float(x), 4) for x in u]  # g / sqrt(0.1 g^2 - (0.1 g)^2 + eps) = g / (0.3 |g|)
+    [3.3333, -3.3333]
+
+  References:
+    Graves, `Generating Sequences With Recurrent Neural Networks
+    <https://arxiv.org/abs/1308.0850>`_, 2013 (eqs. 38-41).
+  """
+  return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=True, state_dtype=state_dtype)
+
+
 def scale_by_rss(
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
     eps_in_sqrt: bool = True,
     *,
     state_dtype: Any = None,
@@ -337,8 +454,8 @@ def scale_by_rss(
       in it.
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs` with state :class:`ScaleByRmsState`
-    (``mu`` is ``None``).
+    An :class:`optax.GradientTransformationExtraArgs` whose state is optax's
+    ``optax.ScaleByRssState(sum_of_squares)``.
 
   References:
     Duchi, Hazan, Singer, `Adaptive Subgradient Methods for Online Learning and Stochastic
@@ -384,7 +501,9 @@ def _mul(u, factor):
   return (u.astype(w) * _storage.hyper(factor, _storage.compute_dtype(u.dtype)).astype(w)).astype(u.dtype)
 
 
-def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> optax.GradientTransformationExtraArgs:
+def scale_by_learning_rate(
+    learning_rate: optax.ScalarOrSchedule, *, flip_sign: bool = True
+) -> optax.GradientTransformationExtraArgs:
   r"""Multiplies updates by :math:`-\mathrm{lr}_t` (or :math:`+\mathrm{lr}_t` without ``flip_sign``).
 
   ``learning_rate`` is a number or an optax schedule evaluated at the update count (0 first).
@@ -406,7 +525,7 @@ def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> opt
   return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
 
 
-def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
   r"""Momentum: :math:`b_t = \mathrm{decay}\,b_{t-1} + u_t`, output :math:`b_t` (or
   :math:`u_t + \mathrm{decay}\,b_t` with ``nesterov``), as :func:`optax.trace`.
 
@@ -425,11 +544,12 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
 
   def init_fn(params):
     _checks.check_float_leaves(fn, params, "params")
-    return TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
+    return optax.TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
 
-  def leaf(u, b, d):
+  def leaf(u, b, decay):
     cdt = _storage.compute_dtype(u.dtype)
     uc = u.astype(_storage.work_dtype(u.dtype))
+    d = _like(_scalar(decay, cdt), uc)
     b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
     b_out = _storage.write(b_new, b)
     # A rounding buffer (bfloat16 or 8-bit state): the step uses the stored momentum, as
@@ -438,21 +558,24 @@ def trace(decay: Any, nesterov: bool = False, *, state_dtype: Any = None) -> opt
     out = uc + d * b_step if nesterov else b_step
     return out.astype(u.dtype), b_out
 
-  shared = jax.jit(leaf)  # traced once per leaf shape and dtype
+  # As in _scale_by_second_moment: a known decay is a constant, a traced one an argument; jitted
+  # per leaf shape while traced, op by op (as optax) when eager.
+  traced_decay = isinstance(decay, jax.core.Tracer)
+  body = (lambda u, b, d: leaf(u, b, d)) if traced_decay else (lambda u, b, d: leaf(u, b, decay))
+  shared = jax.jit(body)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _checks.check_state_type(fn, state, TraceState)
+    _checks.check_state_type(fn, state, optax.TraceState)
     _check_tree(fn, updates, state.trace)
     _checks.check_float_leaves(fn, updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)
-
-    d_of = _per_dtype(lambda w: _storage.hyper(decay, _storage.compute_dtype(w)).astype(w))
-
-    pairs = jax.tree.map(lambda u, b: shared(u, b, d_of(_storage.work_dtype(u.dtype))), updates, state.trace)
+    d = decay if traced_decay else None
+    run = shared if _is_traced((updates, state, d)) else body
+    pairs = jax.tree.map(lambda u, b: run(u, b, d), updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
-    return treedef.unflatten([p[0] for p in flat]), TraceState(trace=treedef.unflatten([p[1] for p in flat]))
+    return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=treedef.unflatten([p[1] for p in flat]))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -484,14 +607,15 @@ def _full_mask(fn: str, mask, params):
 
 
 def decoupled_weight_decay(
-    learning_rate: Any, weight_decay: Any, mask: Any = None
+    learning_rate: optax.ScalarOrSchedule, weight_decay: jax.typing.ArrayLike, mask: Any = None
 ) -> optax.GradientTransformationExtraArgs:
   r"""Decoupled weight decay: :math:`u_t \leftarrow u_t - \mathrm{lr}_t\,\mathrm{wd}\,p_{t-1}`.
 
   Applied after the rest of the step (so after momentum), to the parameters' value before the
   step, as Loshchilov & Hutter's AdamW and Keras do. ``mask`` (a tree of booleans shaped like the
   parameters, or a prefix of it, or a callable returning one) limits it to the leaves marked True.
-  ``learning_rate`` may be a schedule; it is evaluated at the update count (0 first).
+  ``learning_rate`` may be a schedule; it is evaluated at the update count (0 first), kept in a
+  :class:`DecoupledWeightDecayState` (without a schedule the state is ``optax.EmptyState()``).
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
@@ -510,7 +634,11 @@ def decoupled_weight_decay(
     _checks.check_float_leaves(fn, updates, "gradient")
     _checks.check_float_leaves(fn, params, "params")
     updates, params = jax.tree.map(jnp.asarray, updates), jax.tree.map(jnp.asarray, params)
-    lr, state = _schedule_step(learning_rate, state)
+    if callable(learning_rate):
+      _checks.check_state_type(fn, state, DecoupledWeightDecayState)
+      lr, state = learning_rate(state.step), DecoupledWeightDecayState(step=optax.safe_increment(state.step))
+    else:
+      lr = learning_rate
     flags = jax.tree.map(lambda _: True, params) if mask is None else _full_mask(fn, mask, params)
     rate_of = _per_dtype(
         lambda w: (_storage.hyper(lr, _storage.compute_dtype(w)) * _storage.hyper(weight_decay, _storage.compute_dtype(w))).astype(w)
@@ -526,7 +654,13 @@ def decoupled_weight_decay(
 
     return jax.tree.map(leaf, updates, params, flags), state
 
-  return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
+  def init_fn(params):
+    del params
+    if callable(learning_rate):
+      return DecoupledWeightDecayState(step=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def chain(*transforms) -> optax.GradientTransformationExtraArgs:
@@ -541,6 +675,7 @@ def chain(*transforms) -> optax.GradientTransformationExtraArgs:
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_float_leaves("update", updates, "gradient")
+    updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     dtypes = jax.tree.map(lambda u: u.dtype, updates)
     wide = jax.tree.map(lambda u: u.astype(_storage.work_dtype(u.dtype)), updates)
     out, state = inner.update(wide, state, params, **extra_args)
@@ -554,17 +689,17 @@ def chain(*transforms) -> optax.GradientTransformationExtraArgs:
 
 
 def rmsprop(
-    learning_rate: Any,
-    decay: Any = 0.9,
-    eps: Any = 1e-8,
-    initial_scale: Any = 0.0,
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
     eps_in_sqrt: bool = True,
     centered: bool = False,
-    momentum: Any = None,
+    momentum: jax.typing.ArrayLike | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
     *,
-    weight_decay: Any = None,
+    weight_decay: jax.typing.ArrayLike | None = None,
     weight_decay_mask: Any = None,
     maximize: bool = False,
     state_dtype: Any = None,
@@ -573,20 +708,22 @@ def rmsprop(
 
   .. math::
     \nu_t &= \mathrm{decay}\,\nu_{t-1} + (1-\mathrm{decay})\,|g_t|^2 \\
-    s_t &= \hat\nu_t \quad\text{or, centered,}\quad \max(\hat\nu_t - |\hat\mu_t|^2,\,0) \\
+    s_t &= \hat\nu_t \quad\text{or, centered,}\quad \hat\nu_t - |\hat\mu_t|^2 \\
     d_t &= -\mathrm{lr}_t\, g_t / \sqrt{s_t + \epsilon}
       \quad(\text{or } /(\sqrt{s_t}+\epsilon) \text{ without eps\_in\_sqrt}) \\
     b_t &= \mathrm{momentum}\, b_{t-1} + d_t \quad (\text{update } b_t,
       \text{ or } d_t + \mathrm{momentum}\,b_t \text{ with nesterov}) \\
     u_t &= b_t - \mathrm{lr}_t\,\mathrm{weight\_decay}\,p_{t-1}
 
-  where :math:`\mu_t` is the average of :math:`g_t` (``centered``), hats mean division by
+  where :math:`\mu_t` is the average of :math:`g_t` (``centered``; :math:`s_t` is taken as 0 where
+  rounding makes the denominator :math:`\le 0`), hats mean division by
   :math:`1-\mathrm{decay}^t` (``bias_correction``), :math:`\nu_0 =` ``initial_scale``,
   :math:`\epsilon =` ``eps``, and :math:`u_t` is added to the parameters (``optax.apply_updates``).
   With ``maximize`` the sign of :math:`d_t` flips (ascent); weight decay still shrinks.
 
-  It is the chain ``scale_by_rms -> scale_by_learning_rate -> trace -> decoupled_weight_decay``,
-  as :func:`optax.rmsprop` (plus the decay): the learning rate sits inside the momentum buffer.
+  It is the chain ``scale_by_rms | scale_by_stddev -> scale_by_learning_rate -> trace | identity``,
+  as :func:`optax.rmsprop`, with ``decoupled_weight_decay`` appended when ``weight_decay`` is set:
+  the learning rate sits inside the momentum buffer. The state is optax's, stage for stage.
 
   Args:
     learning_rate: a number >= 0 or an optax schedule.
@@ -611,8 +748,10 @@ def rmsprop(
       state, whose range ordinary gradients overflow, is used unrounded.
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs`; its state is the chain's tuple, whose
-    first element is a :class:`ScaleByRmsState`.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is :func:`optax.rmsprop`'s:
+    ``(ScaleByRmsState(nu) | ScaleByRStdDevState(mu, nu) | ...WithCountState, EmptyState() |
+    ScaleByScheduleState(count), EmptyState() | TraceState(trace))``, followed by
+    ``EmptyState() | DecoupledWeightDecayState(step)`` when ``weight_decay`` is set.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, optax_rmsprop
@@ -661,17 +800,17 @@ def rmsprop(
       scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=centered, state_dtype=state_dtype),
       scale_by_learning_rate(learning_rate, flip_sign=not maximize),
   ]
-  if momentum is not None:
-    parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
+  # optax's layout: always three stages, the identity where there is no momentum.
+  parts.append(optax.identity() if momentum is None else trace(momentum, nesterov, state_dtype=state_dtype))
   if weight_decay is not None:
     parts.append(decoupled_weight_decay(learning_rate, weight_decay, weight_decay_mask))
   return chain(*parts)
 
 
 def adagrad(
-    learning_rate: Any,
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    eps: jax.typing.ArrayLike = 1e-7,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaGrad, a drop-in for :func:`optax.adagrad`.
 
