@@ -103,8 +103,8 @@ def check_flag(fn: str, name: str, value: Any) -> None:
 
 
 def check_state_type(fn: str, state: Any, expected: type) -> None:
-  """Raises TypeError when ``update`` receives a state its ``init`` did not make (e.g. optax's own
-  ``ScaleByRmsState``, which has the same name but other fields)."""
+  """Raises TypeError when ``update`` receives a state its ``init`` did not make (e.g. an
+  ``ScaleByRStdDevState`` handed to a non-centered ``rmsprop``)."""
   if not isinstance(state, expected):
     got = type(state)
     raise TypeError(

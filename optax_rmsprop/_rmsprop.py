@@ -260,8 +260,11 @@ def _scale_by_second_moment(
   def correct_tree(xs, count, dyn):
     """optax's bias correction, called as optax calls it (on the whole tree): XLA turns its
     divisions into multiplications by one reciprocal or not depending on the graph around them."""
-    d = {**fixed, **dyn}["decay"]
-    hats = optax.tree.bias_correction(xs, _decay_for_correction(d), count)
+    d = _decay_for_correction({**fixed, **dyn}["decay"])
+    # The count as optax's decay**count promotes it (to decay's dtype, or the default float for
+    # a Python float), explicitly: the same arithmetic, and strict dtype promotion holds.
+    t = count.astype(jnp.result_type(float) if isinstance(d, (int, float)) else jnp.result_type(d))
+    hats = optax.tree.bias_correction(xs, d, t)
     if static_decay is None:  # a traced decay may be 1: 0/0, no correction there
       hats = [jnp.where(_storage.hyper(d, x.dtype) == 1, x, h) for x, h in zip(xs, hats, strict=True)]
     return hats
