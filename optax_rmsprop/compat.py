@@ -28,8 +28,6 @@ of ``0/0``. Complex parameters: the PyTorch ports treat the real and imaginary p
 parameters, as PyTorch does; the other ports keep the core's one real second moment ``|g|^2``.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -86,7 +84,7 @@ def _check_momentum(fn: str, value: Any) -> None:
 # Building blocks only the ports need.
 
 
-def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtraArgs:
+def coupled_weight_decay(weight_decay: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
   r"""Coupled L2 weight decay: :math:`g_t \leftarrow g_t + \mathrm{weight\_decay}\,p_{t-1}`.
 
   The L2 penalty's gradient added to the gradient before anything else, as PyTorch's
@@ -119,7 +117,7 @@ def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformationExtra
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
-def clip_by_tensor_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
+def clip_by_tensor_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
   r"""Clips each tensor by its own L2 norm: :math:`g \leftarrow g\,c/\max(\lVert g\rVert_2, c)`.
 
   Keras's ``clipnorm`` (every gradient tensor rescaled separately so its norm is at most
@@ -193,11 +191,11 @@ def _complex_as_real_pairs(inner: optax.GradientTransformation) -> optax.Gradien
 
 
 def torch_rmsprop(
-    lr: Any = 0.01,
-    alpha: Any = 0.99,
-    eps: Any = 1e-08,
-    weight_decay: Any = 0,
-    momentum: Any = 0,
+    lr: optax.ScalarOrSchedule = 0.01,
+    alpha: jax.typing.ArrayLike = 0.99,
+    eps: jax.typing.ArrayLike = 1e-08,
+    weight_decay: jax.typing.ArrayLike = 0,
+    momentum: jax.typing.ArrayLike = 0,
     centered: bool = False,
     maximize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -290,11 +288,11 @@ def _torch_adagrad_lr(lr: Any, lr_decay: Any):
 
 
 def torch_adagrad(
-    lr: Any = 0.01,
-    lr_decay: Any = 0,
-    weight_decay: Any = 0,
-    initial_accumulator_value: Any = 0,
-    eps: Any = 1e-10,
+    lr: optax.ScalarOrSchedule = 0.01,
+    lr_decay: jax.typing.ArrayLike = 0,
+    weight_decay: jax.typing.ArrayLike = 0,
+    initial_accumulator_value: jax.typing.ArrayLike = 0,
+    eps: jax.typing.ArrayLike = 1e-10,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.Adagrad``, step for step, with its argument names and defaults.
 
@@ -378,15 +376,15 @@ def _keras_clipping(fn: str, clipnorm: Any, clipvalue: Any, global_clipnorm: Any
 
 
 def keras_rmsprop(
-    learning_rate: Any = 0.001,
-    rho: Any = 0.9,
-    momentum: Any = 0.0,
-    epsilon: Any = 1e-07,
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    rho: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike = 0.0,
+    epsilon: jax.typing.ArrayLike = 1e-07,
     centered: bool = False,
-    weight_decay: Any = None,
-    clipnorm: Any = None,
-    clipvalue: Any = None,
-    global_clipnorm: Any = None,
+    weight_decay: jax.typing.ArrayLike | None = None,
+    clipnorm: jax.typing.ArrayLike | None = None,
+    clipvalue: jax.typing.ArrayLike | None = None,
+    global_clipnorm: jax.typing.ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``keras.optimizers.RMSprop`` (Keras 3), step for step, with its argument names and defaults.
 
@@ -464,9 +462,9 @@ def keras_rmsprop(
 
 
 def keras_adagrad(
-    learning_rate: Any = 0.001,
-    initial_accumulator_value: Any = 0.1,
-    epsilon: Any = 1e-07,
+    learning_rate: optax.ScalarOrSchedule = 0.001,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    epsilon: jax.typing.ArrayLike = 1e-07,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``keras.optimizers.Adagrad`` (Keras 3), step for step, with its argument names and defaults.
 
@@ -520,10 +518,10 @@ def keras_adagrad(
 
 
 def tf1_rmsprop(
-    learning_rate: Any,
-    decay: Any = 0.9,
-    momentum: Any = 0.0,
-    epsilon: Any = 1e-10,
+    learning_rate: optax.ScalarOrSchedule,
+    decay: jax.typing.ArrayLike = 0.9,
+    momentum: jax.typing.ArrayLike = 0.0,
+    epsilon: jax.typing.ArrayLike = 1e-10,
     centered: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf.compat.v1.train.RMSPropOptimizer``, step for step, with its argument names and defaults.
@@ -583,10 +581,10 @@ def tf1_rmsprop(
 
 
 def graves_rmsprop(
-    learning_rate: Any = 1e-4,
-    decay: Any = 0.95,
-    momentum: Any = 0.9,
-    eps: Any = 1e-4,
+    learning_rate: optax.ScalarOrSchedule = 1e-4,
+    decay: jax.typing.ArrayLike = 0.95,
+    momentum: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-4,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Graves's centered RMSProp with momentum (2013, eqs. 38-41), with the paper's constants.
 
@@ -637,9 +635,9 @@ def graves_rmsprop(
 
 
 def dqn_rmsprop(
-    learning_rate: Any = 2.5e-4,
-    decay: Any = 0.95,
-    eps: Any = 0.01,
+    learning_rate: optax.ScalarOrSchedule = 2.5e-4,
+    decay: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 0.01,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The centered RMSProp of DQN (Mnih et al. 2015), with its constants.
 

@@ -27,3 +27,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("default")
+
+
+def pytest_terminal_summary(terminalreporter):
+  """The drop-in figures (tests/tally.py): how many structures and trajectories equal optax's."""
+  from tests import tally
+
+  if tally.COUNTS:
+    terminalreporter.section("optax drop-in")
+    for line in tally.lines():
+      terminalreporter.write_line(line)
