@@ -22,8 +22,8 @@ DQN 2015      inside                       0                   no momentum      
 ============  ===========================  ==================  ======================  ==================
 
 The only intended differences from the sources are where theirs make a NaN the maths does not:
-the centered variance ``v - m^2`` is clamped at 0 (theirs can go slightly negative by rounding
-and give NaN), and a zero denominator (``eps=0`` with a zero gradient) gives a zero step instead
+the centered variance ``v - m^2``, which rounding can make slightly negative, is taken as 0 where
+it would make the denominator ``<= 0`` (theirs: NaN), and a zero denominator (``eps=0`` with a zero gradient) gives a zero step instead
 of ``0/0``. Complex parameters: the PyTorch ports treat the real and imaginary parts as two real
 parameters, as PyTorch does; the other ports keep the core's one real second moment ``|g|^2``.
 """
@@ -242,8 +242,8 @@ def torch_rmsprop(
     PyTorch puts ``eps`` outside the square root and the learning rate *outside* the momentum
     buffer: changing ``lr`` rescales the whole buffer at once, where optax, Keras and TF1
     (learning rate inside) let old steps keep their old learning rate. Its momentum does not
-    damp (``b = momentum * b + step``). The centered variance is clamped at 0 here; PyTorch's
-    can go NaN. PyTorch accepts ``momentum >= 1`` (a divergent setting); this port refuses it.
+    damp (``b = momentum * b + step``). The centered variance is clamped at 0 here (eps is outside
+    the root); PyTorch's can go NaN. PyTorch accepts ``momentum >= 1`` (a divergent setting); this port refuses it.
     As PyTorch, complex parameters are optimized as pairs of reals (separate second moments for
     the real and imaginary parts; their buffers have a trailing axis of 2).
 
@@ -393,7 +393,7 @@ def keras_rmsprop(
     v_t &= \rho\, v_{t-1} + (1-\rho)\, g_t^2, \qquad
     m_t = \rho\, m_{t-1} + (1-\rho)\, g_t \;\text{(centered)} \\
     \Delta_t &= \mathrm{lr}_t\, g_t / \sqrt{v_t + \epsilon}
-      \quad\text{or, centered,}\quad \mathrm{lr}_t\, g_t / \sqrt{\max(v_t - m_t^2, 0) + \epsilon} \\
+      \quad\text{or, centered,}\quad \mathrm{lr}_t\, g_t / \sqrt{v_t - m_t^2 + \epsilon} \\
     b_t &= \mathrm{momentum}\; b_{t-1} + \Delta_t, \qquad
     p_t = p_{t-1} - \mathrm{lr}_t\,\mathrm{weight\_decay}\;p_{t-1} - b_t
 
@@ -433,8 +433,8 @@ def keras_rmsprop(
     the learning rate inside the momentum buffer and decays weights decoupled from the
     gradient, on the value before the step. Keras stores a constant learning rate in a float32
     variable: ``0.001`` becomes ``0.0010000000474974513``; pass ``float(np.float32(lr))`` to
-    reproduce a float64 Keras model to the last bit. The centered variance is clamped at 0
-    here; Keras's can go NaN. Keras ignores a ``clipnorm`` etc. of 0 or less; this port
+    reproduce a float64 Keras model to the last bit. A centered variance rounded below
+    ``-epsilon`` is taken as 0 here; Keras's goes NaN. Keras ignores a ``clipnorm`` etc. of 0 or less; this port
     refuses it.
 
   References:
@@ -560,8 +560,8 @@ def tf1_rmsprop(
     TF1 starts the second moment at **1**, so its first steps are about
     :math:`\sqrt{1-\mathrm{decay}}` times smaller than an RMSProp starting at 0 (optax, Keras,
     PyTorch) for unit gradients and much larger for tiny ones; ``epsilon`` goes inside the root
-    and the learning rate inside the momentum buffer. The centered variance is clamped at 0
-    here; TF1's can go NaN.
+    and the learning rate inside the momentum buffer. A centered variance rounded below
+    ``-epsilon`` is taken as 0 here; TF1's goes NaN.
 
   References:
     `tf.compat.v1.train.RMSPropOptimizer
@@ -591,7 +591,7 @@ def graves_rmsprop(
   .. math::
     n_t &= \aleph\, n_{t-1} + (1-\aleph)\, g_t^2, \qquad
     \bar g_t = \aleph\, \bar g_{t-1} + (1-\aleph)\, g_t \\
-    \Delta_t &= \beth\, \Delta_{t-1} - \gimel\, g_t / \sqrt{\max(n_t - \bar g_t^2, 0) + \daleth},
+    \Delta_t &= \beth\, \Delta_{t-1} - \gimel\, g_t / \sqrt{n_t - \bar g_t^2 + \daleth},
     \qquad p_t = p_{t-1} + \Delta_t
 
   with :math:`\aleph =` ``decay`` (0.95), :math:`\beth =` ``momentum`` (0.9),
@@ -618,8 +618,8 @@ def graves_rmsprop(
 
   .. warning::
     Centered, with ``eps`` inside the root and the learning rate inside the momentum buffer (as
-    TF1 and Keras, unlike PyTorch). The variance :math:`n - \bar g^2` is clamped at 0 here; a
-    literal transcription can go NaN.
+    TF1 and Keras, unlike PyTorch). A variance :math:`n - \bar g^2` rounded below
+    :math:`-\daleth` is taken as 0 here; a literal transcription goes NaN.
 
   References:
     Graves, `Generating Sequences With Recurrent Neural Networks
@@ -644,7 +644,7 @@ def dqn_rmsprop(
   .. math::
     g^{(2)}_t &= \mathrm{decay}\, g^{(2)}_{t-1} + (1-\mathrm{decay})\, g_t^2, \qquad
     g^{(1)}_t = \mathrm{decay}\, g^{(1)}_{t-1} + (1-\mathrm{decay})\, g_t \\
-    p_t &= p_{t-1} - \mathrm{lr}_t\, g_t / \sqrt{\max(g^{(2)}_t - (g^{(1)}_t)^2, 0) + \mathrm{eps}}
+    p_t &= p_{t-1} - \mathrm{lr}_t\, g_t / \sqrt{g^{(2)}_t - (g^{(1)}_t)^2 + \mathrm{eps}}
 
   with both averages starting at 0, no momentum. It is the chain
   ``scale_by_rms(centered=True) -> scale_by_learning_rate``.
@@ -670,8 +670,8 @@ def dqn_rmsprop(
     DQN's large ``eps`` sits *inside* the root: at a variance of 1e-4 and eps 0.01,
     :math:`1/\sqrt{v+\epsilon} \approx 9.95` where PyTorch's placement would give
     :math:`1/(\sqrt{v}+\epsilon) = 50`, so porting DQN to ``torch.optim.RMSprop(eps=0.01)``
-    changes the step fivefold. The centered variance is clamped at 0 here; the original can go
-    NaN.
+    changes the step fivefold. A centered variance rounded below ``-eps`` is taken as 0 here;
+    the original goes NaN.
 
   References:
     Mnih et al., `Human-level control through deep reinforcement learning

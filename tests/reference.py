@@ -13,8 +13,9 @@ inside the momentum buffer; an update is *added* to the parameters.
 
 Documented differences from optax, each switchable so a test can also reproduce plain optax:
 
-* ``clamp_variance``: the centered variance ``nu_hat - |mu_hat|^2`` is clamped at 0 (optax: NaN
-  once rounding makes it negative);
+* ``clamp_variance``: the centered variance ``nu_hat - |mu_hat|^2`` (negative through rounding) is
+  taken as 0 where it would make the denominator ``<= 0``: ``var + eps <= 0`` with eps inside the
+  root, ``var < 0`` with eps outside (optax: NaN or inf); elsewhere it is used as it is;
 * ``zero_safe``: a zero denominator gives a zero update (optax: ``0 * inf = NaN``);
 * ``weight_decay``: decoupled, ``u -= lr * wd * p`` on the parameters before the step, after
   momentum, optionally masked (list of bools or a callable from params to one);
@@ -160,7 +161,7 @@ def rmsprop_step(
         mu_hat = mu_s / correction if bias_correction else mu_s
         var = nu_hat - _abs_sq(mu_hat)
         if clamp_variance:
-          var = np.maximum(var, dtype(0))
+          var = np.where(var + dtype(eps) > 0, var, dtype(0)) if eps_in_sqrt else np.maximum(var, dtype(0))
       else:
         var = nu_hat
       den = np.sqrt(var + dtype(eps)) if eps_in_sqrt else np.sqrt(var) + dtype(eps)
