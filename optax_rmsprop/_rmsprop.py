@@ -128,19 +128,20 @@ def _scale_by_second_moment(
   """
   spec = _storage.resolve_state_dtype(fn, state_dtype)
 
+  state_type = optax.ScaleByRssState if accumulate else (_STDDEV_STATE if centered else _RMS_STATE)[bias_correction]
+
+  def pack(nu, mu, count):
+    """optax's state for these flags: no mu unless centered, no count without bias correction."""
+    if accumulate:
+      return optax.ScaleByRssState(sum_of_squares=nu)
+    fields = {"nu": nu, **({"mu": mu} if centered else {}), **({"count": count} if bias_correction else {})}
+    return state_type(**fields)
+
   def init_fn(params):
     _checks.check_float_leaves(fn, params, "params")
     nu = jax.tree.map(lambda p: _storage.create(p, initial_scale, spec, real=True), params)
-    if accumulate:
-      return optax.ScaleByRssState(sum_of_squares=nu)
-    fields: dict[str, Any] = {"nu": nu}
-    if centered:
-      fields["mu"] = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params)
-    if bias_correction:
-      fields["count"] = jnp.zeros([], jnp.int32)
-    return (_STDDEV_STATE if centered else _RMS_STATE)[bias_correction](**fields)
-
-  state_type = optax.ScaleByRssState if accumulate else (_STDDEV_STATE if centered else _RMS_STATE)[bias_correction]
+    mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
+    return pack(nu, mu, jnp.zeros([], jnp.int32))
   static_eps = _checks.static_float(eps)
   static_decay = _checks.static_float(decay)
   # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): no correction then.
@@ -293,14 +294,8 @@ def _scale_by_second_moment(
       mu_steps = correct_tree(mu_steps, count_inc, dyn) if centered else nu_steps
     new_updates = treedef.unflatten([run[scaled](g, n, m, dyn) for g, n, m in zip(gs, nu_steps, mu_steps, strict=True)])
     nu = treedef.unflatten([o[0] for o in out])
-    if accumulate:
-      return new_updates, optax.ScaleByRssState(sum_of_squares=nu)
-    fields: dict[str, Any] = {"nu": nu}
-    if centered:
-      fields["mu"] = treedef.unflatten([o[1] for o in out])
-    if bias_correction:
-      fields["count"] = count_inc
-    return new_updates, state_type(**fields)
+    mu = treedef.unflatten([o[1] for o in out]) if centered else None
+    return new_updates, pack(nu, mu, count_inc)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
