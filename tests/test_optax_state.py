@@ -226,10 +226,13 @@ def _scan_trajectory(tx, params, steps):
   return run(params)
 
 
+_GRAD = jax.jit(jax.grad(_loss))  # the optimizer runs eagerly; the gradient need not
+
+
 def _eager_trajectory(tx, params, steps):
   state, out = tx.init(params), []
   for _ in range(steps):
-    u, state = tx.update(jax.grad(_loss)(params), state, params)
+    u, state = tx.update(_GRAD(params), state, params)
     params = optax.apply_updates(params, u)
     out.append(params)
   return out, state
