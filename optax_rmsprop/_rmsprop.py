@@ -104,8 +104,8 @@ def _like(scalar, x):
 
 def _decay_for_correction(decay):
   """``decay`` as optax hands it to ``optax.tree.bias_correction`` (real part if complex)."""
-  if isinstance(value := decay, (jax.Array, jax.core.Tracer)) and jnp.iscomplexobj(value):
-    return jnp.real(value)
+  if isinstance(decay, (jax.Array, jax.core.Tracer)) and jnp.iscomplexobj(decay):
+    return jnp.real(decay)
   return decay
 
 
@@ -142,6 +142,7 @@ def _scale_by_second_moment(
     nu = jax.tree.map(lambda p: _storage.create(p, initial_scale, spec, real=True), params)
     mu = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params) if centered else None
     return pack(nu, mu, jnp.zeros([], jnp.int32))
+
   static_eps = _checks.static_float(eps)
   static_decay = _checks.static_float(decay)
   # decay == 1 makes the bias-correction factor 0 (0/0 in the maths): no correction then.
@@ -319,8 +320,9 @@ def scale_by_rms(
   with :math:`\nu_0 =` ``initial_scale`` and :math:`\mu_0 = 0`; with ``bias_correction`` both
   are divided by :math:`1-\mathrm{decay}^t` (:math:`t` counts from 1). The variance estimate is
   :math:`s_t = \hat\nu_t` or, centered, :math:`\hat\nu_t - |\hat\mu_t|^2` (taken as 0 where
-  rounding makes the denominator :math:`\le 0`, where optax's is NaN or inf), and the output is :math:`g_t/\sqrt{s_t+\epsilon}` (``eps_in_sqrt=True``) or
-  :math:`g_t/(\sqrt{s_t}+\epsilon)`, with :math:`\epsilon =` ``eps``.
+  rounding makes the denominator :math:`\le 0`, where optax's is NaN or inf), and the output is
+  :math:`g_t/\sqrt{s_t+\epsilon}` (``eps_in_sqrt=True``) or :math:`g_t/(\sqrt{s_t}+\epsilon)`,
+  with :math:`\epsilon =` ``eps``.
 
   Args:
     decay: the averages' decay rate, in [0, 1].
@@ -358,7 +360,11 @@ def scale_by_rms(
     Graves, `Generating Sequences With Recurrent Neural Networks
     <https://arxiv.org/abs/1308.0850>`_, 2013 (centered, eqs. 38-41).
   """
-  fn = "scale_by_rms"
+  return _rms("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, state_dtype)
+
+
+def _rms(fn, decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, state_dtype):
+  """:func:`scale_by_rms` / :func:`scale_by_stddev`, its checks naming ``fn``."""
   _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   _checks.check_range(fn, "initial_scale", initial_scale, 0.0, allow_none=False)
@@ -424,7 +430,7 @@ def scale_by_stddev(
     Graves, `Generating Sequences With Recurrent Neural Networks
     <https://arxiv.org/abs/1308.0850>`_, 2013 (eqs. 38-41).
   """
-  return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered=True, state_dtype=state_dtype)
+  return _rms("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction, True, state_dtype)
 
 
 def scale_by_rss(

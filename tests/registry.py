@@ -69,6 +69,7 @@ CORE: list[Case] = [
     Case("adagrad", _orp.adagrad, dict(learning_rate=0.1), ("learning_rate", "initial_accumulator_value", "eps")),
     Case("scale_by_rms", _orp.scale_by_rms, dict(), ("decay", "eps", "initial_scale")),
     Case("scale_by_rms-centered", _orp.scale_by_rms, dict(centered=True, bias_correction=True), ("decay", "eps")),
+    Case("scale_by_stddev", _orp.scale_by_stddev, dict(), ("decay", "eps", "initial_scale")),
     Case("scale_by_rss", _orp.scale_by_rss, dict(), ("initial_accumulator_value", "eps")),
 ]
 

@@ -93,6 +93,9 @@ def _state_and_peer(case: registry.Case):
     make = optax.scale_by_stddev if kw.get("centered") else optax.scale_by_rms
     peer = make(**{k: v for k, v in kw.items() if k != "centered"})
     return peer.init, peer
+  if case.make is orp.scale_by_stddev:
+    peer = optax.scale_by_stddev(**kw)
+    return peer.init, peer
   if case.make is orp.scale_by_rss:
     peer = optax.scale_by_rss(**kw)
     return peer.init, peer
