@@ -249,13 +249,14 @@ def _grid_check(dtype, hyper, mode, flags, steps):
     ours, s_ours = run(_HYPER[hyper](orp.rmsprop, f), params, steps)
     theirs, s_theirs = run(_HYPER[hyper](optax.rmsprop, f), params, steps)
     same_structure = jax.tree.structure(s_ours) == jax.tree.structure(s_theirs)
-    ok, compared = _bits_equal_where_finite(theirs, ours)
-    # Not vacuous: centered + bias correction + eps outside the root, optax's first step is NaN
-    # for every element where g^2 - g^2 rounds below 0 (about half of them).
-    ok = ok and same_structure and compared >= 0.3 * steps * _size(params)
-    tally.record(f"bit-identical to optax.rmsprop, {jnp.dtype(dtype).name}, {mode}", ok)
-    if not ok:
+    same, compared = _bits_equal_where_finite(theirs, ours)
+    tally.record(f"bit-identical to optax.rmsprop, {jnp.dtype(dtype).name}, {mode}", same and same_structure)
+    if not (same and same_structure):
       failures.append(f)
+    # Not vacuous. Centered + bias correction + eps outside the root is the hardest case: optax's
+    # first step is NaN wherever g^2 - g^2 rounds below 0 (about half the elements), and every
+    # later step where the variance rounds below 0 takes more (70 % of them after 100 steps).
+    assert compared >= 0.2 * steps * _size(params), (f, compared)
   assert not failures, f"{len(failures)}/{len(flags)} differ from optax: {failures}"
 
 
