@@ -88,6 +88,22 @@ def _is_traced(tree) -> bool:
   return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
+def _per_leaf(fn, **hyper):
+  """``fn(*arrays, **hyper)`` for one leaf, run as optax runs its update.
+
+  Hyperparameters known at construction (Python or NumPy numbers, concrete arrays) are closed over,
+  as optax's constants are; traced ones (inject_hyperparams under jit) are arguments. While traced,
+  ``fn`` is jitted, so it is traced once per leaf shape and dtype (with thousands of leaves, tracing
+  the same elementwise update again is most of the cost); eagerly it runs op by op, as optax's
+  update does: one fused kernel rounds differently (XLA:CPU contracts a * b + c into one fma).
+  """
+  dynamic = {k: v for k, v in hyper.items() if isinstance(v, jax.core.Tracer)}
+  fixed = {k: v for k, v in hyper.items() if k not in dynamic}
+  eager = lambda dyn, *arrays: fn(*arrays, **fixed, **dyn)
+  jitted = jax.jit(eager)
+  return lambda *arrays: (jitted if _is_traced((arrays, dynamic)) else eager)(dynamic, *arrays)
+
+
 def _scalar(value, cdt):
   """A hyperparameter where it meets an array, with optax's arithmetic: a Python or NumPy number
   stays a (weakly typed) Python number, an array is cast to ``cdt`` (its real part for the complex
@@ -152,9 +168,8 @@ def _scale_by_second_moment(
     """Whether eps is known at trace time to be a normal (not zero, not subnormal) number."""
     return static_eps is not None and static_eps >= float(jnp.finfo(cdt).tiny)
 
-  def moments(g, nu, mu, decay, eps):
+  def moments(g, nu, mu, *, decay):
     """The new buffers (as stored) and the moments the step uses."""
-    del eps
     cdt = _storage.compute_dtype(g.dtype)
     # 1 - decay in decay's own arithmetic (a Python float: in double), as optax.
     d, one_minus_d = _scalar(decay, cdt), _scalar(1 - decay, cdt)
@@ -218,9 +233,8 @@ def _scale_by_second_moment(
 
     return nu_out, mu_out, nu_step, mu_step
 
-  def scaled(g, nu_hat, mu_hat, decay, eps):
+  def scaled(g, nu_hat, mu_hat, *, eps):
     """The update from the (bias-corrected) moments."""
-    del decay
     cdt = _storage.compute_dtype(g.dtype)
     e = _scalar(eps, cdt)
     gc = g.astype(_storage.work_dtype(g.dtype))
@@ -248,21 +262,12 @@ def _scale_by_second_moment(
       scale = jnp.where(den > 0, inv, 0)
     return (scale.astype(gc.dtype) * gc).astype(g.dtype)
 
-  # Hyperparameters known at construction (Python or NumPy numbers, concrete arrays) are closed
-  # over, as optax's constants are; traced ones (inject_hyperparams under jit) are arguments.
-  hyper = {"decay": decay, "eps": eps}
-  dynamic = [k for k, v in hyper.items() if isinstance(v, jax.core.Tracer)]
-  fixed = {k: v for k, v in hyper.items() if k not in dynamic}
-  stages = {f: (lambda *a, f=f: f(*a[:-1], **fixed, **a[-1])) for f in (moments, scaled)}
-  # Jitted per leaf shape and dtype while traced (with thousands of leaves, tracing the same
-  # elementwise update again is most of the cost); op by op when eager, as optax's update runs:
-  # one fused kernel rounds differently (XLA:CPU contracts a * b + c into one fma).
-  jitted = {f: jax.jit(body) for f, body in stages.items()}
+  run_moments, run_scaled = _per_leaf(moments, decay=decay), _per_leaf(scaled, eps=eps)
 
-  def correct_tree(xs, count, dyn):
+  def correct_tree(xs, count):
     """optax's bias correction, called as optax calls it (on the whole tree): XLA turns its
     divisions into multiplications by one reciprocal or not depending on the graph around them."""
-    d = _decay_for_correction({**fixed, **dyn}["decay"])
+    d = _decay_for_correction(decay)
     # The count as optax's decay**count promotes it (to decay's dtype, or the default float for
     # a Python float), explicitly: the same arithmetic, and strict dtype promotion holds.
     t = count.astype(jnp.result_type(float) if isinstance(d, (int, float)) else jnp.result_type(d))
@@ -279,21 +284,18 @@ def _scale_by_second_moment(
     _checks.check_float_leaves(fn, updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     count_inc = optax.safe_increment(state.count) if bias_correction else None
-    dyn = {k: hyper[k] for k in dynamic}
-    run = jitted if _is_traced((updates, state, dyn)) else stages
-
     treedef = jax.tree.structure(updates)
     gs = treedef.flatten_up_to(updates)
     nu_in = treedef.flatten_up_to(nus)
     # Without centering, nu stands in for the absent mu tree (moments() ignores it).
     mu_in = treedef.flatten_up_to(state.mu) if centered else nu_in
-    out = [run[moments](g, nu, mu, dyn) for g, nu, mu in zip(gs, nu_in, mu_in, strict=True)]
+    out = [run_moments(g, nu, mu) for g, nu, mu in zip(gs, nu_in, mu_in, strict=True)]
     nu_steps = [o[2] for o in out]
     mu_steps = [o[3] for o in out] if centered else nu_steps
     if correct:
-      nu_steps = correct_tree(nu_steps, count_inc, dyn)
-      mu_steps = correct_tree(mu_steps, count_inc, dyn) if centered else nu_steps
-    new_updates = treedef.unflatten([run[scaled](g, n, m, dyn) for g, n, m in zip(gs, nu_steps, mu_steps, strict=True)])
+      nu_steps = correct_tree(nu_steps, count_inc)
+      mu_steps = correct_tree(mu_steps, count_inc) if centered else nu_steps
+    new_updates = treedef.unflatten([run_scaled(g, n, m) for g, n, m in zip(gs, nu_steps, mu_steps, strict=True)])
     nu = treedef.unflatten([o[0] for o in out])
     mu = treedef.unflatten([o[1] for o in out]) if centered else None
     return new_updates, pack(nu, mu, count_inc)
@@ -550,7 +552,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     _checks.check_float_leaves(fn, params, "params")
     return optax.TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
 
-  def leaf(u, b, decay):
+  def leaf(u, b, *, decay):
     cdt = _storage.compute_dtype(u.dtype)
     uc = u.astype(_storage.work_dtype(u.dtype))
     d = _like(_scalar(decay, cdt), uc)
@@ -562,11 +564,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     out = uc + d * b_step if nesterov else b_step
     return out.astype(u.dtype), b_out
 
-  # As in _scale_by_second_moment: a known decay is a constant, a traced one an argument; jitted
-  # per leaf shape while traced, op by op (as optax) when eager.
-  traced_decay = isinstance(decay, jax.core.Tracer)
-  body = (lambda u, b, d: leaf(u, b, d)) if traced_decay else (lambda u, b, d: leaf(u, b, decay))
-  shared = jax.jit(body)
+  run = _per_leaf(leaf, decay=decay)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -574,9 +572,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     _check_tree(fn, updates, state.trace)
     _checks.check_float_leaves(fn, updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)
-    d = decay if traced_decay else None
-    run = shared if _is_traced((updates, state, d)) else body
-    pairs = jax.tree.map(lambda u, b: run(u, b, d), updates, state.trace)
+    pairs = jax.tree.map(run, updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
     return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=treedef.unflatten([p[1] for p in flat]))
