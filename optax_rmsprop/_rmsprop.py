@@ -9,6 +9,7 @@ writes its buffers through ``_storage`` (which keeps them finite and in the requ
 returns updates in the gradients' dtype.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 from optax._src import transform as _optax_transform
 
-from optax_rmsprop import _checks, _storage
+from optax_rmsprop import _checks, _chunks, _storage
 
 __all__ = [
     "DecoupledWeightDecayState",
@@ -48,6 +49,44 @@ class DecoupledWeightDecayState(NamedTuple):
   """
 
   step: jax.Array
+
+
+class _Kernel(NamedTuple):
+  """A stage's arithmetic per leaf, for running it (and its neighbours in :func:`chain`) chunk by
+  chunk over low-bit state (see ``_chunks``): ``prepare(updates, state) -> (ctx, buffer trees)``
+  (checks, scalars), ``stage(ctx) -> _chunks.Stage``, ``finish(ctx, new buffer trees) -> state``."""
+
+  prepare: Callable
+  stage: Callable
+  finish: Callable
+
+
+def _with_kernel(update_fn, kernel: _Kernel):
+  update_fn.kernel = kernel
+  return update_fn
+
+
+def _run_kernels(kernels, updates, states):
+  """``updates`` through consecutive stages, leaf by leaf (chunked where a buffer is low-bit)."""
+  updates = jax.tree.map(jnp.asarray, updates)
+  treedef = jax.tree.structure(updates)
+  gs = treedef.flatten_up_to(updates)
+  ctxs, stages, flat = [], [], []
+  for kernel, state in zip(kernels, states, strict=True):
+    ctx, trees = kernel.prepare(updates, state)
+    ctxs.append(ctx)
+    stages.append(kernel.stage(ctx))
+    flat.append([treedef.flatten_up_to(t) for t in trees])
+  ys, news = [], []
+  for j, g in enumerate(gs):
+    y, new = _chunks.run(stages, g, [tuple(tree[j] for tree in trees) for trees in flat])
+    ys.append(y)
+    news.append(new)
+  new_states = []
+  for i, (kernel, ctx) in enumerate(zip(kernels, ctxs, strict=True)):
+    trees = [treedef.unflatten([news[j][i][m] for j in range(len(gs))]) for m in range(len(flat[i]))]
+    new_states.append(kernel.finish(ctx, trees))
+  return treedef.unflatten(ys), new_states
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +207,28 @@ def _scale_by_second_moment(
     """Whether eps is known at trace time to be a normal (not zero, not subnormal) number."""
     return static_eps is not None and static_eps >= float(jnp.finfo(cdt).tiny)
 
+  def keeps_variance(nu) -> bool:
+    """Centered over low-bit codes, the ``nu`` buffer holds the variance ``nu - |mu|^2`` itself:
+    where the variance is small against ``nu`` (a steady gradient), codes of ``nu`` and ``mu``
+    each round away more than the difference, which then reads as 0 (a ``g / sqrt(eps)`` step)."""
+    return centered and _storage.codec_of(nu) is not None
+
+  def variance_moments(g, var, mu, *, decay):
+    """:func:`moments` for a variance buffer: ``var <- d var + d (1 - d) |g - mu|^2`` (exact for
+    ``var = nu - |mu|^2``, whatever ``d`` is at each step), ``mu <- d mu + (1 - d) g``."""
+    cdt = _storage.compute_dtype(g.dtype)
+    d, one_minus_d = _scalar(decay, cdt), _scalar(1 - decay, cdt)
+    gc = g.astype(_storage.work_dtype(g.dtype))
+    mu_c = _storage.load(mu, cdt)
+    var_raw = d * _storage.load(var, cdt) + d * one_minus_d * _abs2(gc - mu_c)
+    var_out = _storage.write(_storage.clamp(var_raw, var, nonnegative=True), var)
+    mu_out = _storage.write(_storage.clamp(_like(one_minus_d, gc) * gc + _like(d, gc) * mu_c, mu), mu)
+    return (var_out, mu_out, *read_moments(g, var_out, mu_out))
+
   def moments(g, nu, mu, *, decay):
     """The new buffers (as stored) and the moments the step uses."""
+    if keeps_variance(nu):
+      return variance_moments(g, nu, mu, decay=decay)
     cdt = _storage.compute_dtype(g.dtype)
     # 1 - decay in decay's own arithmetic (a Python float: in double), as optax.
     d, one_minus_d = _scalar(decay, cdt), _scalar(1 - decay, cdt)
@@ -221,17 +280,46 @@ def _scale_by_second_moment(
     # decay (1 - decay)|g_t - mu_{t-1}|^2, nu_t >= |mu_t|^2 + (1 - decay) / decay |g_t - mu_t|^2
     # (which implies the first). Float32 state with float32 gradients: nothing changes.
     if _storage.reads_back(nu, cdt) or (centered and _storage.reads_back(mu, cdt)):
-      if centered:
-        # (1 - decay) / decay (0 at decay 0: mu = g).
-        ratio = jnp.where(d > 0, one_minus_d / jnp.where(d > 0, d, 1), 0)
-        floor = _abs2(mu_step) + ratio * _abs2(gc - mu_step)
-      else:
-        floor = g2 if accumulate else one_minus_d * g2
-      nu_step = jnp.maximum(_storage.load(nu_out, cdt), floor)
+      nu_step = floored(gc, nu_out, mu_step, d, one_minus_d)
     else:
       nu_step = nu_new if fits is None else jnp.where(fits, nu_raw, nu_new)
 
     return nu_out, mu_out, nu_step, mu_step
+
+  def floored(gc, nu_out, mu_step, d, one_minus_d):
+    """The stored second moment, floored by a bound the exact value satisfies."""
+    cdt = _storage.compute_dtype(gc.dtype)
+    if centered:
+      # (1 - decay) / decay (0 at decay 0: mu = g).
+      ratio = jnp.where(d > 0, one_minus_d / jnp.where(d > 0, d, 1), 0)
+      floor = _abs2(mu_step) + ratio * _abs2(gc - mu_step)
+    else:
+      floor = _abs2(gc) if accumulate else one_minus_d * _abs2(gc)
+    return jnp.maximum(_storage.load(nu_out, cdt), floor)
+
+  def read_moments(g, nu_out, mu_out):
+    """The moments :func:`moments` gives the step, from the new buffers as stored."""
+    cdt = _storage.compute_dtype(g.dtype)
+    d, one_minus_d = _scalar(decay, cdt), _scalar(1 - decay, cdt)
+    gc = g.astype(_storage.work_dtype(g.dtype))
+    mu_step = _storage.load(mu_out, cdt) if centered else None
+    if keeps_variance(nu_out):
+      # var_t >= d (1 - d) |g - mu_{t-1}|^2 = (1 - d) / d |g - mu_t|^2. Without bias correction the
+      # step divides by the variance itself (nu - |mu|^2 with mu = 0); with it, by
+      # (var + |mu|^2) / c - |mu / c|^2, whose cancellation is the bias correction's own.
+      ratio = jnp.where(d > 0, one_minus_d / jnp.where(d > 0, d, 1), 0)
+      var = jnp.maximum(_storage.load(nu_out, cdt), ratio * _abs2(gc - mu_step))
+      return (var + _abs2(mu_step), mu_step) if correct else (var, jnp.zeros_like(mu_step))
+    if _storage.reads_back(nu_out, cdt) or (centered and _storage.reads_back(mu_out, cdt)):
+      return floored(gc, nu_out, mu_step, d, one_minus_d), mu_step
+    return _storage.load(nu_out, cdt), mu_step
+
+  def correct_leaf(x, count):
+    """``x / (1 - decay^t)`` for one leaf (low-bit state: optax's tree-level arithmetic is moot)."""
+    rdt = _storage.real_dtype(x.dtype)
+    d = _storage.hyper(_decay_for_correction(decay), rdt)
+    hat = x / (1 - d ** count.astype(rdt)).astype(x.dtype)
+    return hat if static_decay is not None else jnp.where(d == 1, x, hat)
 
   def scaled(g, nu_hat, mu_hat, *, eps):
     """The update from the (bias-corrected) moments."""
@@ -276,14 +364,44 @@ def _scale_by_second_moment(
       hats = [jnp.where(_storage.hyper(d, x.dtype) == 1, x, h) for x, h in zip(xs, hats, strict=True)]
     return hats
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+  def prepare(updates, state):
+    """Checks ``updates`` against ``state``; the incremented count and the buffer trees."""
     _checks.check_state_type(fn, state, state_type)
     nus = state.sum_of_squares if accumulate else state.nu
     _check_tree(fn, updates, nus)
     _checks.check_float_leaves(fn, updates, "gradient")
-    updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     count_inc = optax.safe_increment(state.count) if bias_correction else None
+    return count_inc, [nus, state.mu] if centered else [nus]
+
+  def stage(count_inc):
+    def hats(nu_step, mu_step):
+      if not correct:
+        return nu_step, mu_step
+      return correct_leaf(nu_step, count_inc), correct_leaf(mu_step, count_inc) if centered else None
+
+    def advance(g, bufs):
+      nu_out, mu_out, nu_step, mu_step = moments(g, bufs[0], bufs[1] if centered else bufs[0], decay=decay)
+      y = scaled(g, *hats(nu_step, mu_step), eps=eps)
+      return y, (nu_out, mu_out) if centered else (nu_out,)
+
+    def read(g, bufs):
+      return scaled(g, *hats(*read_moments(g, bufs[0], bufs[1] if centered else None)), eps=eps)
+
+    return _chunks.Stage(advance, read)
+
+  def finish(count_inc, trees):
+    return pack(trees[0], trees[1] if centered else None, count_inc)
+
+  kernel = _Kernel(prepare, stage, finish)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if _chunks.has_codec(state):
+      out, (new_state,) = _run_kernels([kernel], updates, [state])
+      return out, new_state
+    count_inc, trees = prepare(updates, state)
+    nus = trees[0]
+    updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     treedef = jax.tree.structure(updates)
     gs = treedef.flatten_up_to(updates)
     nu_in = treedef.flatten_up_to(nus)
@@ -300,7 +418,7 @@ def _scale_by_second_moment(
     mu = treedef.unflatten([o[1] for o in out]) if centered else None
     return new_updates, pack(nu, mu, count_inc)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, _with_kernel(update_fn, kernel))
 
 
 def scale_by_rms(
@@ -520,15 +638,26 @@ def scale_by_learning_rate(
   _checks.check_flag("scale_by_learning_rate", "flip_sign", flip_sign)
   sign = -1 if flip_sign else 1
 
+  def prepare(updates, state):
+    _checks.check_float_leaves("scale_by_learning_rate", updates, "gradient")
+    lr, state = _schedule_step(learning_rate, state)
+    return (lr, state), []
+
+  def stage(ctx):
+    # No per-dtype cache here: a value first made inside the chunk loop's trace must not be
+    # reused outside it.
+    scale = lambda u: _mul(u, sign * ctx[0])
+    return _chunks.Stage(lambda u, bufs: (scale(u), ()), lambda u, bufs: scale(u))
+
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    _checks.check_float_leaves("scale_by_learning_rate", updates, "gradient")
-    updates = jax.tree.map(jnp.asarray, updates)
-    lr, state = _schedule_step(learning_rate, state)
+    (lr, state), _ = prepare(updates, state)
     factor = _per_dtype(lambda cdt: _storage.hyper(sign * lr, cdt))
+    updates = jax.tree.map(jnp.asarray, updates)
     return jax.tree.map(lambda u: _mul(u, factor(_storage.compute_dtype(u.dtype))), updates), state
 
-  return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), update_fn)
+  kernel = _Kernel(prepare, stage, lambda ctx, trees: ctx[1])
+  return optax.GradientTransformationExtraArgs(lambda params: _schedule_init(learning_rate), _with_kernel(update_fn, kernel))
 
 
 def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
@@ -564,20 +693,44 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     out = uc + d * b_step if nesterov else b_step
     return out.astype(u.dtype), b_out
 
+  def read(u, b_out):
+    """:func:`leaf`'s output from the new buffer as stored."""
+    cdt = _storage.compute_dtype(u.dtype)
+    uc = u.astype(_storage.work_dtype(u.dtype))
+    b_step = _storage.load(b_out, cdt).astype(uc.dtype)
+    out = uc + _like(_scalar(decay, cdt), uc) * b_step if nesterov else b_step
+    return out.astype(u.dtype)
+
   run = _per_leaf(leaf, decay=decay)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+  def prepare(updates, state):
     _checks.check_state_type(fn, state, optax.TraceState)
     _check_tree(fn, updates, state.trace)
     _checks.check_float_leaves(fn, updates, "gradient")
+    return None, [state.trace]
+
+  def stage(ctx):
+    def advance(u, bufs):
+      out, b_out = leaf(u, bufs[0], decay=decay)
+      return out, (b_out,)
+
+    return _chunks.Stage(advance, lambda u, bufs: read(u, bufs[0]))
+
+  kernel = _Kernel(prepare, stage, lambda ctx, trees: optax.TraceState(trace=trees[0]))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    if _chunks.has_codec(state):
+      out, (new_state,) = _run_kernels([kernel], updates, [state])
+      return out, new_state
+    prepare(updates, state)
     updates = jax.tree.map(jnp.asarray, updates)
     pairs = jax.tree.map(run, updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
     return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=treedef.unflatten([p[1] for p in flat]))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, _with_kernel(update_fn, kernel))
 
 
 def _check_mask_leaves(fn: str, name: str, mask) -> None:
@@ -672,13 +825,37 @@ def chain(*transforms) -> optax.GradientTransformationExtraArgs:
   the gradients' dtype once on exit; for float32/float64 gradients both casts are no-ops.
   """
   inner = optax.chain(*transforms)
+  kernels = [getattr(t.update, "kernel", None) for t in transforms]
+  stages = [optax.with_extra_args_support(t) for t in transforms]
+
+  def fused(updates, state, params, extra_args):
+    """optax.chain's update, with each run of consecutive stages that have a kernel advanced
+    together leaf by leaf: over low-bit state, one stage's output then never has to be stored
+    whole for the next (see ``_chunks``)."""
+    new_state, i = [], 0
+    while i < len(stages):
+      j = i
+      while j < len(stages) and kernels[j] is not None:
+        j += 1
+      if j > i and _chunks.has_codec(state[i:j]):
+        updates, states = _run_kernels(kernels[i:j], updates, state[i:j])
+        new_state.extend(states)
+        i = j
+      else:
+        updates, s = stages[i].update(updates, state[i], params, **extra_args)
+        new_state.append(s)
+        i += 1
+    return updates, tuple(new_state)
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_float_leaves("update", updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)  # Python scalars (as optax accepts them)
     dtypes = jax.tree.map(lambda u: u.dtype, updates)
     wide = jax.tree.map(lambda u: u.astype(_storage.work_dtype(u.dtype)), updates)
-    out, state = inner.update(wide, state, params, **extra_args)
+    if any(k is not None for k in kernels) and isinstance(state, tuple) and _chunks.has_codec(state):
+      out, state = fused(wide, state, params, extra_args)
+    else:
+      out, state = inner.update(wide, state, params, **extra_args)
     return jax.tree.map(lambda o, dt: o.astype(dt), out, dtypes), state
 
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)

@@ -17,36 +17,112 @@ from optax_rmsprop import _quant
 # An independent NumPy transcription of the documented code maps (module docstring of _quant).
 
 
-def np_encode(x: np.ndarray, signed: bool, block: int):
+def np_blocks(last: int, most: int, even: bool = False):
+  nb = -(-last // most)
+  block = -(-last // nb)
+  return nb, block + (block % 2 if even else 0)
+
+
+def np_dither(old_scales: np.ndarray, length: int) -> np.ndarray:
+  """The rounding noise: murmur3's finaliser of (the block's previous scale's float32 bits +
+  place * 0x9E3779B9), its top 24 bits as a fraction; shape (..., nb, length)."""
+  m = 0xFFFFFFFF
+  h = (old_scales.astype(np.float32).view(np.uint32).astype(np.uint64)[..., None] + np.arange(length, dtype=np.uint64) * 0x9E3779B9) & m
+  h = ((h ^ (h >> 16)) * 0x85EBCA6B) & m
+  h = ((h ^ (h >> 13)) * 0xC2B2AE35) & m
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(np.float64) / 2**24
+
+
+def np_encode(x: np.ndarray, signed: bool, block: int = 256, old_scales=None):
+  """8-bit codes: blocks of at most ``block`` elements per row, maps of the module docstring,
+  rounded down after adding :func:`np_dither`'s noise (of ``old_scales``; none: to nearest)."""
   rows = x.reshape(-1, x.shape[-1])
-  nb = -(-rows.shape[1] // block)
+  nb, length = np_blocks(rows.shape[1], block)
   codes = np.zeros(rows.shape, np.uint8)
   scales = np.zeros((rows.shape[0], nb), np.float32)
+  noise = np.full((rows.shape[0], nb, length), 0.5) if old_scales is None else np_dither(old_scales.reshape(-1, nb), length)
   for i, row in enumerate(rows):
     for b in range(nb):
-      seg = row[b * block : (b + 1) * block].astype(np.float64)
+      seg = row[b * length : (b + 1) * length].astype(np.float64)
       a = np.max(np.abs(seg))
       scales[i, b] = a
       r = seg / a if a > 0 else np.zeros_like(seg)
+      u = noise[i, b, : len(seg)]
       if signed:
-        c = np.sign(r) * np.round(127 * np.sqrt(np.abs(r))) + 127
+        c = np.sign(r) * np.minimum(np.floor(127 * np.sqrt(np.abs(r)) + u), 127) + 127
       else:
-        c = np.round(255 * r**0.25)
-      codes[i, b * block : (b + 1) * block] = c
+        c = np.minimum(np.floor(255 * np.maximum(r, 0) ** 0.25 + u), 255)
+      codes[i, b * length : (b + 1) * length] = c
   return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], nb)
 
 
-def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int):
+def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int = 256):
+  last = codes.shape[-1]
+  nb, length = np_blocks(last, block)
   c = codes.astype(np.float64)
-  s = np.repeat(scales.astype(np.float64), block, axis=-1)[..., : codes.shape[-1]]
+  s = np.repeat(scales.astype(np.float64), length, axis=-1)[..., :last]
   if signed:
     t = (c - 127) / 127
     return s * np.sign(t) * t * t
   return s * (c / 255) ** 4
 
 
+def np_encode4(x: np.ndarray, block: int = 128, old_scales=None):
+  """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^2), two per
+  byte: byte k of a block holds elements k (low nibble) and k + block/2; rows padded to whole
+  blocks; rounded as :func:`np_encode`."""
+  rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+  nb, length = np_blocks(rows.shape[1], block, even=True)
+  noise = np.full((rows.shape[0], nb, length), 0.5) if old_scales is None else np_dither(old_scales.reshape(-1, nb), length)
+  q = np.zeros((rows.shape[0], nb * length), np.uint8)
+  scales = np.zeros((rows.shape[0], nb), np.float32)
+  for i, row in enumerate(rows):
+    for b in range(nb):
+      seg = row[b * length : (b + 1) * length]
+      a = np.max(seg)
+      scales[i, b] = a
+      r = seg / a if a > 0 else np.zeros_like(seg)
+      q[i, b * length : b * length + len(seg)] = np.clip(np.floor(16 * np.sqrt(r) + noise[i, b, : len(seg)]) - 1, 0, 15)
+  q = q.reshape(rows.shape[0], nb, length)
+  packed = q[..., : length // 2] | (q[..., length // 2 :] << 4)
+  return packed.reshape(*x.shape[:-1], -1), scales.reshape(*x.shape[:-1], nb)
+
+
+def np_decode4(packed: np.ndarray, scales: np.ndarray, last: int):
+  nb = scales.shape[-1]
+  rows = packed.reshape(-1, nb, packed.shape[-1] // nb)
+  q = np.concatenate([rows & 15, rows >> 4], axis=-1).reshape(rows.shape[0], -1).astype(np.float64)
+  length = q.shape[1] // nb
+  s = np.repeat(scales.reshape(-1, nb).astype(np.float64), length, axis=-1)
+  return (((q + 1) / 16) ** 2 * s)[:, :last].reshape(*packed.shape[:-1], last)
+
+
+def np_load(buf) -> np.ndarray:
+  """A buffer's value by the transcriptions above (a plain array as it is)."""
+  if isinstance(buf, _quant.Quantized4bit):
+    return np_decode4(np.asarray(buf.codes), np.asarray(buf.scale), buf.last)
+  if isinstance(buf, _quant.Quantized8bit):
+    return np_decode(np.asarray(buf.codes), np.asarray(buf.scale), buf.signed)
+  return np.asarray(buf, np.float64)
+
+
+def np_store(x: np.ndarray, like):
+  """(codes, scales) of ``x`` for a buffer like ``like``."""
+  if isinstance(like, _quant.Quantized4bit):
+    return np_encode4(x, old_scales=np.asarray(like.scale))
+  return np_encode(x, like.signed, old_scales=np.asarray(like.scale))
+
+
 def _nbytes(tree) -> int:
   return sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _is_node(x) -> bool:
+  return isinstance(x, (_quant.Quantized8bit, _quant.Quantized4bit))
+
+
+CODECS = ["8bit", "4bit"]
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -54,33 +130,73 @@ def test_codes_match_numpy_transcription(signed):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((6, 512)).astype(np.float32) * np.logspace(-3, 3, 6, dtype=np.float32)[:, None]
   x = x if signed else x * x
-  codes, scale = _quant._encode(jnp.asarray(x), signed=signed)
-  want_codes, want_scale = np_encode(x, signed, 256)
+  old = rng.uniform(0, 1, (6, 2)).astype(np.float32)  # previous scales: the rounding noise's seed
+  codes, scale = _quant._encode8(jnp.asarray(x), 2, signed, jnp.asarray(old))
+  want_codes, want_scale = np_encode(x, signed, old_scales=old)
   np.testing.assert_allclose(np.asarray(scale), want_scale, rtol=1e-6)
-  # Rounding ties may land one code apart between float32 and float64 arithmetic.
+  # A value at a rounding boundary may land one code apart between float32 and float64.
   assert np.max(np.abs(np.asarray(codes).astype(int) - want_codes.astype(int))) <= 1
   assert np.mean(np.asarray(codes) == want_codes) > 0.99
   buf = _quant.Quantized8bit(codes=codes, scale=scale, signed=signed)
-  got = np.asarray(_quant._decode(buf, jnp.float32))
-  np.testing.assert_allclose(got, np_decode(np.asarray(codes), np.asarray(scale), signed, 256), rtol=1e-5, atol=0)
-  # Values near each block's largest keep ~1 % relative precision.
+  got = np.asarray(_quant._decode8(buf, jnp.float32))
+  np.testing.assert_allclose(got, np_decode(np.asarray(codes), np.asarray(scale), signed), rtol=1e-5, atol=0)
+  # Values near each block's largest keep ~2 % relative precision (one level, rounded stochastically).
   big = np.abs(x) > 0.5 * np.repeat(want_scale, 256, axis=-1)
-  np.testing.assert_allclose(got[big], x[big], rtol=0.02)
+  np.testing.assert_allclose(got[big], x[big], rtol=0.025)
+  # Unbiased: over many draws of the noise the mean code value is the value itself.
+  draws = [np.asarray(_quant._decode8(_quant.Quantized8bit(*_quant._encode8(jnp.asarray(x), 2, signed, jnp.asarray(o)), signed=signed), jnp.float32)) for o in rng.uniform(0, 1, (200, 6, 2)).astype(np.float32)]
+  np.testing.assert_allclose(np.mean(draws, axis=0)[big], x[big], rtol=0.004)
 
 
-def test_unsigned_map_uses_all_codes_for_non_negative_values():
-  x = jnp.asarray(np.linspace(0, 1, 256 * 64, dtype=np.float32) ** 4)
-  codes, _ = _quant._encode(x, signed=False)
-  assert len(np.unique(np.asarray(codes))) == 256
+@pytest.mark.parametrize("shape", [(6, 512), (3, 1001), (4097,)])
+def test_4bit_codes_match_numpy_transcription(shape):
+  rng = np.random.default_rng(1)
+  x = (rng.standard_normal(shape) ** 2).astype(np.float32)
+  x *= np.logspace(-3, 3, x.shape[0], dtype=np.float32).reshape(-1, *([1] * (x.ndim - 1))) if x.ndim > 1 else 1
+  nb, block = _quant.blocks(shape[-1], _quant.BLOCK4, even=True)
+  old = rng.uniform(0, 1, (*shape[:-1], nb)).astype(np.float32)
+  codes, scale = _quant._encode4(jnp.asarray(x), nb, block, jnp.asarray(old))
+  want_codes, want_scale = np_encode4(x, old_scales=old)
+  np.testing.assert_allclose(np.asarray(scale), want_scale, rtol=1e-6)
+  got_q = np_decode4(np.asarray(codes), np.asarray(scale), shape[-1])
+  want_q = np_decode4(want_codes, want_scale, shape[-1])
+  # A tie may round to the neighbouring level (1/16 of the block's maximum apart).
+  assert np.mean(np.asarray(codes) == want_codes) > 0.99
+  buf = _quant.Quantized4bit(codes=codes, scale=scale, last=shape[-1])
+  got = np.asarray(_quant._decode4(buf, jnp.float32))
+  np.testing.assert_allclose(got, got_q, rtol=1e-6)
+  close = np.asarray(codes) == want_codes
+  assert np.mean(close) > 0.99 and np.allclose(got_q.ravel()[: want_q.size][np.isclose(got_q, want_q).ravel()], want_q.ravel()[np.isclose(got_q, want_q).ravel()])
+  assert codes.dtype == jnp.uint8 and codes.shape == (*shape[:-1], nb * block // 2)
 
 
-def test_blocks_stay_within_rows():
+def test_4bit_map_has_no_zero_point():
+  """Li, Chen & Zhu: a second moment rounded to 0 makes g / sqrt(v) blow up. Every code decodes
+  to at least 1/256 of its block's maximum; the 16 levels are ((q + 1) / 16)^2."""
+  x = np.zeros((2, 256), np.float32)
+  x[0, 0] = 1.0  # one large value, the rest 0 or tiny
+  x[0, 1:] = 1e-9
+  x[1] = np.linspace(0, 1, 256) ** 2
+  codes, scale = _quant._encode4(jnp.asarray(x), 2, 128, jnp.zeros((2, 2)))
+  got = np.asarray(_quant._decode4(_quant.Quantized4bit(codes=codes, scale=scale, last=256), jnp.float32))
+  per_block_max = np.repeat(np.asarray(scale), 128, axis=-1)
+  assert np.all(got >= per_block_max / 256 * (1 - 1e-6))
+  assert np.all(got > 0)
+  levels = np.unique(np.round(np.sqrt(got[1, 128:] / per_block_max[1, 128:]) * 16))
+  assert set(levels) <= set(range(1, 17)) and len(levels) >= 8
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+def test_blocks_stay_within_rows(state_dtype):
   # Rows 1000x apart: a block crossing a row would give the small row the big row's scale.
-  x = np.ones((4, 1000), np.float32) * np.array([1e-3, 1.0, 1e3, 1e-6], np.float32)[:, None]
-  codes, scale = _quant._encode(jnp.asarray(x), signed=True)
-  assert scale.shape == (4, 4)  # four blocks of 250 per row of 1000
-  np.testing.assert_allclose(np.asarray(scale), np.repeat(x[:, :1], 4, axis=1), rtol=1e-6)
-  assert codes.shape == x.shape and codes.dtype == jnp.uint8
+  x = np.ones((8, 1000), np.float32) * np.array([1e-3, 1.0, 1e3, 1e-6] * 2, np.float32)[:, None]
+  tx = optax_rmsprop.scale_by_rms(decay=0.0, eps=0.0, state_dtype=state_dtype)
+  _, state = tx.update(jnp.sqrt(jnp.asarray(x)), tx.init(jnp.asarray(x)))
+  nu = state.nu
+  nb = 4 if state_dtype == "8bit" else 8
+  assert nu.scale.shape == (8, nb)
+  np.testing.assert_allclose(np.asarray(nu.scale), np.repeat(x[:, :1], nb, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(np_load(nu), x, rtol=1e-5)
 
 
 def test_state_bytes_per_parameter():
@@ -90,13 +206,33 @@ def test_state_bytes_per_parameter():
   nu = optax.tree_utils.tree_get(plain, "nu")
   assert isinstance(nu["w"], _quant.Quantized8bit)
   assert nu["b"].dtype == jnp.float32  # small tensors stay float32
-  assert _nbytes(nu["w"]) / n_big <= 1.05
+  assert _nbytes(nu["w"]) / n_big <= 1.02
   full = jax.eval_shape(optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9, state_dtype="8bit").init, params)
-  big = [s for s in jax.tree.leaves(full, is_leaf=lambda x: isinstance(x, _quant.Quantized8bit)) if isinstance(s, _quant.Quantized8bit)]
+  big = [s for s in jax.tree.leaves(full, is_leaf=_is_node) if _is_node(s)]
   assert len(big) == 3
-  assert sum(_nbytes(b) for b in big) / n_big <= 3.15
+  assert sum(_nbytes(b) for b in big) / n_big <= 3.05
+  four = jax.eval_shape(optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9, state_dtype="4bit").init, params)
+  nu4, mu4, tr4 = (optax.tree_utils.tree_get(four, k)["w"] for k in ("nu", "mu", "trace"))
+  assert isinstance(nu4, _quant.Quantized4bit) and _nbytes(nu4) / n_big <= 0.55
+  # The mean gradient and the momentum stay 8-bit (signed; no zero-point problem there).
+  assert isinstance(mu4, _quant.Quantized8bit) and isinstance(tr4, _quant.Quantized8bit)
   bf16 = jax.eval_shape(optax_rmsprop.rmsprop(1e-3, state_dtype=jnp.bfloat16).init, params)
   assert _nbytes(optax.tree_utils.tree_get(bf16, "nu")["w"]) / n_big == 2
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+@pytest.mark.parametrize("initial_scale", [0.0, 1.0])
+def test_init_is_the_fill_without_a_reduction(state_dtype, initial_scale):
+  """A constant buffer's codes need no blockwise maximum (XLA spent seconds constant-folding one
+  per large leaf when init was jitted): the jitted init has no reduce, and holds the fill."""
+  params = {"w": jnp.ones((512, 1024), jnp.float32)}
+  tx = optax_rmsprop.rmsprop(1e-3, initial_scale=initial_scale, centered=True, momentum=0.9, state_dtype=state_dtype)
+  hlo = jax.jit(tx.init).lower(params).as_text()
+  assert "reduce" not in hlo
+  state = jax.jit(tx.init)(params)
+  np.testing.assert_array_equal(np_load(optax.tree_utils.tree_get(state, "nu")["w"]), initial_scale)
+  np.testing.assert_array_equal(np_load(optax.tree_utils.tree_get(state, "mu")["w"]), 0.0)
+  np.testing.assert_array_equal(np_load(optax.tree_utils.tree_get(state, "trace")["w"]), 0.0)
 
 
 def _np_rmsprop(p, grads, lr, decay, eps, momentum=None, weight_decay=None):
@@ -115,16 +251,17 @@ def _np_rmsprop(p, grads, lr, decay, eps, momentum=None, weight_decay=None):
   return p
 
 
+@pytest.mark.parametrize("state_dtype", CODECS)
 @pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(weight_decay=0.5), dict(momentum=0.9, weight_decay=0.5)])
-def test_momentum_and_weight_decay_act_in_8bit_path(kw):
+def test_momentum_and_weight_decay_act_in_low_bit_path(kw, state_dtype):
   """bitsandbytes' 8-bit RMSprop silently drops momentum; ours must follow the reference with it."""
   rng = np.random.default_rng(1)
-  p0 = rng.standard_normal((8, 1024)).astype(np.float32)
+  p0 = rng.standard_normal((80, 1024)).astype(np.float32)  # chunked: more than 2**16 elements
   # A consistent gradient direction plus noise, so momentum changes the trajectory a lot.
   grads = [(0.5 + 0.2 * rng.standard_normal(p0.shape)).astype(np.float32) for _ in range(30)]
-  tx = optax_rmsprop.rmsprop(0.01, decay=0.9, eps=1e-8, state_dtype="8bit", **kw)
+  tx = optax_rmsprop.rmsprop(0.01, decay=0.9, eps=1e-8, state_dtype=state_dtype, **kw)
   state, p = tx.init(jnp.asarray(p0)), jnp.asarray(p0)
-  assert isinstance(optax.tree_utils.tree_get(state, "nu"), _quant.Quantized8bit)
+  assert _is_node(optax.tree_utils.tree_get(state, "nu"))
   step = jax.jit(lambda g, s, p: tx.update(g, s, p))
   for g in grads:
     u, state = step(jnp.asarray(g), state, p)
@@ -133,13 +270,15 @@ def test_momentum_and_weight_decay_act_in_8bit_path(kw):
   without = _np_rmsprop(p0, grads, 0.01, 0.9, 1e-8)
   moved, moved_without = np.abs(want - p0), np.abs(without - want)
   err = np.abs(np.asarray(p, np.float64) - want)
-  assert np.median(err / moved) < 0.02
+  assert np.median(err / moved) < (0.02 if state_dtype == "8bit" else 0.05)
   assert np.median(err) < 0.05 * np.median(moved_without)  # much closer to the rule than to "ignored"
 
 
-def test_machinery_jit_cond_eval_shape():
-  params = {"w": jnp.ones((64, 256), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
-  tx = optax_rmsprop.rmsprop(1e-2, centered=True, momentum=0.9, weight_decay=1e-3, state_dtype="8bit")
+@pytest.mark.parametrize("state_dtype", CODECS)
+@pytest.mark.parametrize("rows", [64, 512], ids=["whole", "chunked"])
+def test_machinery_jit_cond_eval_shape(state_dtype, rows):
+  params = {"w": jnp.ones((rows, 256), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
+  tx = optax_rmsprop.rmsprop(1e-2, centered=True, momentum=0.9, weight_decay=1e-3, state_dtype=state_dtype)
   state = tx.init(params)
   grads = jax.tree.map(lambda x: jnp.full_like(x, 0.3), params)
   u_eager, s_eager = tx.update(grads, state, params)
@@ -155,20 +294,161 @@ def test_machinery_jit_cond_eval_shape():
   shapes = jax.eval_shape(tx.init, params)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == jax.tree.map(lambda x: (x.shape, x.dtype), state)
   # A gradient of the wrong shape is still refused with the parameter's shape in the message.
-  bad = {"w": jnp.ones((64, 255), jnp.float32), "b": grads["b"]}
-  with pytest.raises(ValueError, match=r"\(64, 256\)"):
+  bad = {"w": jnp.ones((rows, 255), jnp.float32), "b": grads["b"]}
+  with pytest.raises(ValueError, match=rf"\({rows}, 256\)"):
     tx.update(bad, state, params)
 
 
-def test_8bit_name_accepted_everywhere():
-  for make in (lambda: optax_rmsprop.scale_by_rms(state_dtype="8bit"), lambda: optax_rmsprop.trace(0.9, state_dtype="8bit")):
+@pytest.mark.parametrize("state_dtype", CODECS)
+def test_low_bit_names_accepted_everywhere(state_dtype):
+  for make in (
+      lambda: optax_rmsprop.scale_by_rms(state_dtype=state_dtype),
+      lambda: optax_rmsprop.scale_by_stddev(state_dtype=state_dtype),
+      lambda: optax_rmsprop.scale_by_rss(state_dtype=state_dtype),
+      lambda: optax_rmsprop.trace(0.9, state_dtype=state_dtype),
+  ):
     tx = make()
     p = jnp.ones((4096,), jnp.float32)
     s = tx.init(p)
     u, s = tx.update(p, s)
     assert u.shape == p.shape and bool(jnp.all(jnp.isfinite(u)))
-  with pytest.raises(ValueError, match="state_dtype"):
-    optax_rmsprop.rmsprop(1e-3, state_dtype="4bit")
+    assert any(_is_node(x) for x in jax.tree.leaves(s, is_leaf=_is_node))
+
+
+def test_unknown_state_dtype_names_the_allowed_values():
+  with pytest.raises(ValueError, match=r"rmsprop\(state_dtype='2bit'\).*'4bit'.*'8bit'"):
+    optax_rmsprop.rmsprop(1e-3, state_dtype="2bit")
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+def test_small_and_complex_buffers_stay_full_precision(state_dtype):
+  params = {"small": jnp.ones((4095,), jnp.float32), "c": jnp.ones((64, 128), jnp.complex64), "f64": jnp.ones((64, 128), jnp.float64)}
+  state = optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9, state_dtype=state_dtype).init(params)
+  for key in ("nu", "mu", "trace"):
+    tree = optax.tree_utils.tree_get(state, key)
+    assert tree["small"].dtype == jnp.float32
+    assert tree["c"].dtype == (jnp.float32 if key == "nu" else jnp.complex64)
+    assert _is_node(tree["f64"])  # float64 parameters are quantized too (computed in float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step against a NumPy transcription of the low-bit rule, one step at a time from our state.
+
+
+def np_low_bit_step(g, bufs, lr, decay, eps, centered, momentum):
+  """One rmsprop step over low-bit buffers (as stored), by the documented rule: the new moments
+  are stored, read back as stored and floored, then used (and the momentum likewise)."""
+  g = g.astype(np.float64)
+  like = lambda k, cs: type(bufs[k])(codes=cs[0], scale=cs[1], **({"last": bufs[k].last} if k == "nu" and isinstance(bufs[k], _quant.Quantized4bit) else {"signed": getattr(bufs[k], "signed", False)}))
+  if centered:
+    # Centered, the nu buffer holds the variance: var <- d var + d (1 - d) (g - mu)^2.
+    mu_old = np_load(bufs["mu"])
+    new = {"nu": np_store(decay * np_load(bufs["nu"]) + decay * (1 - decay) * (g - mu_old) ** 2, bufs["nu"])}
+    new["mu"] = np_store(decay * mu_old + (1 - decay) * g, bufs["mu"])
+    mu_read = np_load(like("mu", new["mu"]))
+    var = np.maximum(np_load(like("nu", new["nu"])), (1 - decay) / decay * (g - mu_read) ** 2)
+    den = var + eps
+  else:
+    new = {"nu": np_store(decay * np_load(bufs["nu"]) + (1 - decay) * g * g, bufs["nu"])}
+    den = np.maximum(np_load(like("nu", new["nu"])), (1 - decay) * g * g) + eps
+  u = -lr * g / np.sqrt(den)
+  if momentum is not None:
+    new["trace"] = np_store(u + momentum * np_load(bufs["trace"]), bufs["trace"])
+    u = np_load(like("trace", new["trace"]))
+  return u, new
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+@pytest.mark.parametrize("kw", [{}, {"centered": True}, {"momentum": 0.9}, {"centered": True, "momentum": 0.9}], ids=["plain", "centered", "momentum", "centered+momentum"])
+@pytest.mark.parametrize("shape", [(3 * 2**15,), (300, 1000), (40, 4099)], ids=["flat", "rows", "padded-rows"])
+def test_step_matches_numpy_transcription(state_dtype, kw, shape):
+  """Leaves large enough to be advanced in chunks (the 1-D one ends in a partial chunk, the last
+  one pads its blocks), five jitted steps, each compared with the transcription from our state."""
+  rng = np.random.default_rng(0)
+  lr, decay, eps = 0.01, 0.9, 1e-8
+  tx = optax_rmsprop.rmsprop(lr, decay=decay, eps=eps, state_dtype=state_dtype, **kw)
+  p = jnp.zeros(shape, jnp.float32)
+  state = tx.init(p)
+  step = jax.jit(tx.update)
+  for t in range(5):
+    g = (rng.standard_normal(shape) * np.logspace(-2, 1, shape[-1])).astype(np.float32)
+    bufs = {k: optax.tree_utils.tree_get(state, k) for k in ("nu", "mu", "trace") if _has(state, k)}
+    want_u, want = np_low_bit_step(g, bufs, lr, decay, eps, kw.get("centered", False), kw.get("momentum"))
+    u, state = step(jnp.asarray(g), state, p)
+    # Where every code and scale agrees the step is the transcription's to float32 rounding. A code
+    # at a rounding boundary may land one level apart (float32 against float64), and through the
+    # step change a later buffer's block maximum.
+    agree = np.ones(shape, bool)
+    for k, (codes, scale) in want.items():
+      got = optax.tree_utils.tree_get(state, k)
+      same_scale = np.isclose(np.asarray(got.scale), scale, rtol=2e-5)
+      assert np.mean(same_scale) > 0.98, (k, t, np.mean(same_scale))
+      np.testing.assert_allclose(np.asarray(got.scale), scale, rtol=0.03, err_msg=k)
+      same = np.asarray(got.codes) == codes
+      assert np.mean(same) > 0.995, (k, t, np.mean(same))
+      if same.shape[-1] != shape[-1]:  # 4-bit: byte k of a block holds elements k and k + block/2
+        nb = scale.shape[-1]
+        b = same.reshape(*same.shape[:-1], nb, -1)
+        same = np.concatenate([b, b], axis=-1).reshape(*same.shape[:-1], -1)
+      length = same.shape[-1] // scale.shape[-1] if same.shape[-1] % scale.shape[-1] == 0 else -(-shape[-1] // scale.shape[-1])
+      same &= np.repeat(same_scale, length, axis=-1)[..., : same.shape[-1]]
+      agree &= same[..., : shape[-1]]
+    assert np.mean(agree) > 0.97
+    np.testing.assert_allclose(np.asarray(u)[agree], want_u[agree], rtol=2e-4, atol=1e-9)
+
+
+def _has(state, key) -> bool:
+  try:
+    optax.tree_utils.tree_get(state, key)
+  except KeyError:
+    return False
+  return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory inside the step: the compiled, donated step's temporaries (deterministic).
+
+
+def _step_temp_bytes(tx, shape) -> float:
+  params = jax.ShapeDtypeStruct(shape, jnp.float32)
+  state = jax.eval_shape(tx.init, params)
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+  mem = compiled.memory_analysis()
+  if mem is None:
+    pytest.skip("this backend reports no memory analysis")
+  return mem.temp_size_in_bytes / np.prod(shape)
+
+
+LEAN = [
+    ({}, 0.25),
+    ({"bias_correction": True}, 0.25),
+    ({"momentum": 0.9}, 0.5),
+    ({"momentum": 0.9, "nesterov": True}, 0.5),
+    ({"centered": True}, 0.5),
+    ({"centered": True, "momentum": 0.9}, 0.5),
+    ({"centered": True, "momentum": 0.9, "weight_decay": 1e-4, "bias_correction": True}, 0.5),
+]
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+@pytest.mark.parametrize("kw, limit", LEAN, ids=[",".join(k) or "plain" for k, _ in LEAN])
+def test_step_temporaries_are_a_fraction_of_a_byte(state_dtype, kw, limit):
+  """16M parameters in one leaf: before this, the 8-bit step held 4.03 (plain) and 18.03
+  (centered + momentum) bytes per parameter of XLA temporaries, more than the codes saved."""
+  tx = optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype, **kw)
+  per_param = _step_temp_bytes(tx, (16 * 2**20,))
+  assert per_param <= limit, per_param
+
+
+@pytest.mark.parametrize("shape", [(4096, 4096), (2048, 8195)], ids=["matrix", "padded-rows"])
+def test_step_temporaries_of_matrices(shape):
+  tx = optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9, state_dtype="8bit")
+  assert _step_temp_bytes(tx, shape) <= 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,15 +498,38 @@ def _synthetic():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("state_dtype", CODECS)
 @pytest.mark.parametrize("data", [_digits, _synthetic], ids=["digits", "synthetic"])
-@pytest.mark.parametrize("kw", [{}, {"momentum": 0.9}], ids=["plain", "momentum"])
-def test_8bit_training_quality_within_3_percent(data, kw):
+@pytest.mark.parametrize("kw", [{}, {"momentum": 0.9}, {"centered": True}], ids=["plain", "momentum", "centered"])
+@pytest.mark.parametrize("hidden", [128, 1536], ids=["small", "chunked"])
+def test_low_bit_training_quality_within_3_percent(state_dtype, data, kw, hidden):
+  # hidden 128: the first weight matrix (>= 4096 elements) is quantized, the small second one not;
+  # hidden 1536: it is also advanced in chunks (more than 2**16 elements).
   x, y, k = data()
-  hidden = 128  # the first weight matrix (>= 4096 elements) is quantized, the small second one not
   ref, ref_curve = _train(x, y, hidden, k, None, **kw)
-  q, q_curve = _train(x, y, hidden, k, "8bit", **kw)
+  q, q_curve = _train(x, y, hidden, k, state_dtype, **kw)
   assert ref_curve[-1] < 0.5 * ref_curve[0]  # it did learn
   assert abs(q - ref) <= 0.03 * ref, (q, ref)
+
+
+@pytest.mark.parametrize("state_dtype", CODECS)
+def test_centered_never_collapses_to_a_g_over_sqrt_eps_step(state_dtype):
+  """A steady gradient (mean 1, spread 1 %): the variance is 1e-4 of the second moment, below what
+  the codes resolve, so nu - mu^2 rounds to 0 or less. The floor keeps the step near the float32
+  state's instead of g / sqrt(eps) = 1e4 g."""
+  rng = np.random.default_rng(0)
+  shape = (64, 1024)
+  tx = optax_rmsprop.rmsprop(1.0, centered=True, eps=1e-8, state_dtype=state_dtype)
+  ref = optax.rmsprop(1.0, centered=True, eps=1e-8)
+  s, r = tx.init(jnp.zeros(shape)), ref.init(jnp.zeros(shape))
+  step, ref_step = jax.jit(tx.update), jax.jit(ref.update)
+  worst = 0.0
+  for _ in range(60):
+    g = jnp.asarray(1 + 0.01 * rng.standard_normal(shape), jnp.float32)
+    u, s = step(g, s)
+    v, r = ref_step(g, r)
+    worst = max(worst, float(jnp.max(jnp.abs(u)) / jnp.max(jnp.abs(v))))
+  assert worst < 10, worst  # g / sqrt(eps) would be ~100x the float32 state's largest step
 
 
 _SHARDED = r"""
@@ -238,7 +541,7 @@ sh = NamedSharding(mesh, P(None, "x"))  # the last axis split in two: 512 column
 rng = np.random.default_rng(0)
 p = jnp.asarray(rng.standard_normal((8, 1024)), jnp.float32)
 g = jnp.asarray(rng.standard_normal((8, 1024)), jnp.float32)
-tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype="8bit")
+tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=STATE_DTYPE)
 def step(p, s, g):
   u, s = tx.update(g, s, p)
   return optax.apply_updates(p, u), s
@@ -248,7 +551,7 @@ out_sh = jax.jit(step)(ps, s_sh, gs)
 out = jax.jit(step)(p, tx.init(p), g)
 nu = optax.tree_utils.tree_get(out_sh[1], "nu")
 assert nu.codes.sharding.spec == P(None, "x"), nu.codes.sharding
-assert nu.scale.shape == (8, 4) and nu.scale.sharding.spec == P(None, "x"), nu.scale.sharding
+assert nu.scale.shape == ((8, 4) if STATE_DTYPE == "8bit" else (8, 8)) and nu.scale.sharding.spec == P(None, "x"), nu.scale.sharding
 for a, b in zip(jax.tree.leaves(out_sh), jax.tree.leaves(out)):
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 print("OK")
@@ -256,7 +559,8 @@ print("OK")
 
 
 @pytest.mark.slow
-def test_blocks_follow_a_sharded_last_axis(tmp_path):
+@pytest.mark.parametrize("state_dtype", CODECS)
+def test_blocks_follow_a_sharded_last_axis(tmp_path, state_dtype):
   """Two CPU devices, the last axis sharded: codes and scales keep the parameter's sharding and the
   step equals the unsharded one exactly (no block straddles the shard boundary)."""
   import os
@@ -265,5 +569,5 @@ def test_blocks_follow_a_sharded_last_axis(tmp_path):
   from pathlib import Path
 
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(Path(__file__).parents[1])}
-  res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=300)
+  res = subprocess.run([sys.executable, "-c", f"STATE_DTYPE = {state_dtype!r}\n" + _SHARDED], capture_output=True, text=True, env=env, timeout=300)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]

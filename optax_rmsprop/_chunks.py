@@ -1,0 +1,160 @@
+"""Running a leaf's update in bounded chunks, so that low-bit state lowers the step's peak memory.
+
+A blockwise code needs each block's maximum of the *new* values before it can write a code, and
+XLA:CPU (which has no multi-output fusion) then materialises the new values in float32: 4 bytes
+per parameter and buffer of temporaries, more than the codes save. Here the buffers of one leaf are
+advanced by a loop over chunks of whole blocks (``lax.fori_loop``, writing each chunk's codes into
+the donated buffers in place), so that every float temporary has the size of one chunk; the step's
+output is then recomputed from the stored buffers and the inputs (cheap, elementwise), which XLA
+fuses into whatever consumes it (``optax.apply_updates``).
+
+A leaf is advanced by a sequence of *stages* (the scaling and the momentum of ``rmsprop``, which
+``chain`` runs together so that the momentum's input need not be materialised either); each stage
+gives ``advance(x, buffers) -> (y, new_buffers)`` and ``read(x, new_buffers) -> y``, where ``x``
+is the previous stage's output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from optax_rmsprop import _storage
+
+# Elements per chunk: a 64th of the leaf, at least 2**16 (a float32 temporary of 256 KiB; smaller
+# chunks spend more time starting XLA:CPU's kernels than in them) and at most 2**20.
+MIN_CHUNK, MAX_CHUNK, CHUNKS = 1 << 16, 1 << 20, 64
+
+
+def chunk_size(size: int) -> int:
+  """Elements per chunk for a leaf of ``size`` elements."""
+  return min(max(size // CHUNKS, MIN_CHUNK), MAX_CHUNK)
+
+
+class Stage(NamedTuple):
+  """One stage's arithmetic on one leaf (see the module docstring)."""
+
+  advance: Callable[[jax.Array, tuple], tuple[jax.Array, tuple]]
+  read: Callable[[jax.Array, tuple], jax.Array]
+
+
+def _layout(shape, buffers) -> tuple[int, int] | None:
+  """(rows, row length) of the view the chunks are cut from, or ``None`` to run the leaf whole.
+
+  Chunks are rows of the view. Where every codec's blocks tile the last axis exactly, the view's
+  rows are the least common multiple of the block lengths (any number of them makes a chunk);
+  otherwise the rows are the parameter's rows, whose last block is padded.
+  """
+  size = math.prod(shape)
+  codecs = [(b, _storage.codec_of(b)) for b in buffers if _storage.codec_of(b) is not None]
+  if not codecs or size <= MIN_CHUNK or len(shape) == 0:
+    return None
+  last = shape[-1]
+  geometry = [codec.block(b) for b, codec in codecs]
+  if all(nb * block == last for nb, block in geometry):
+    width = math.lcm(*(block for _, block in geometry))
+  else:
+    width = last
+  rows = size // width
+  if rows < 2:
+    return None
+  return rows, width
+
+
+def _parts(buffer, rows: int) -> list[jax.Array]:
+  codec = _storage.codec_of(buffer)
+  return [buffer.reshape(rows, -1)] if codec is None else codec.parts(buffer, rows)
+
+
+def _node(parts, like, width: int | None):
+  """A buffer from its parts: a chunk's (``width``: its row length) or the whole one's (``None``)."""
+  codec = _storage.codec_of(like)
+  if codec is None:
+    return parts[0] if width is not None else parts[0].reshape(like.shape)
+  return codec.from_parts(parts, like, chunk_last=width)
+
+
+def _nonnegative(x):
+  """An int32 >= 0 computed from ``x`` (which XLA cannot simplify to a constant)."""
+  if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
+    return x.astype(jnp.int32)
+  return jnp.isnan(jnp.real(x) if jnp.iscomplexobj(x) else x).astype(jnp.int32)
+
+
+def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array, list[tuple]]:
+  """Advances one leaf through ``stages`` (``buffers[i]``: stage i's buffers for this leaf).
+
+  Returns the last stage's output and every stage's new buffers.
+  """
+  flat = [b for bufs in buffers for b in bufs]
+  layout = _layout(jnp.shape(x), flat)
+  if layout is None:
+    y, new = x, []
+    for stage, bufs in zip(stages, buffers, strict=True):
+      y, out = stage.advance(y, bufs)
+      new.append(tuple(out))
+    return y, new
+  rows, width = layout
+  per_chunk = max(1, chunk_size(math.prod(jnp.shape(x))) // width)
+  loops, tail = divmod(rows, per_chunk)
+  x_rows = x.reshape(rows, width)
+  parts = [_parts(b, rows) for b in flat]
+  counts = [len(bufs) for bufs in buffers]
+
+  # A buffer's first part (its codes, or the array) is rewritten in place, chunk by chunk. Its
+  # other parts (the block scales, 1/64 of the codes' bytes or less) are read from the old arrays
+  # and written into new ones: rewritten in place too, XLA:CPU copied them at every chunk (the
+  # codes' update reads the old scales, and XLA does not order it before their rewrite).
+  old = [ps[1:] for ps in parts]
+  parts = [[ps[0], *(jnp.zeros_like(a) for a in ps[1:])] for ps in parts]
+
+  def advance_chunk(start, size, parts):
+    """The chunk of ``size`` rows at ``start``: every stage advanced, its buffers written."""
+    start = jnp.asarray(start, jnp.int32)
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)
+    chunk = [_node([take(ps[0]), *map(take, olds)], like, width) for ps, olds, like in zip(parts, old, flat, strict=True)]
+    y, new, i = take(x_rows), [], 0
+    for stage, n in zip(stages, counts, strict=True):
+      y, out = stage.advance(y, tuple(chunk[i : i + n]))
+      new.extend(out)
+      i += n
+    # The in-place writes, one after the other: the last stage's first (it reads the earlier
+    # stages' old codes, recomputing their new values, fused) and within a stage in order (a
+    # centered variance reads the old mean). A write that XLA cannot order after every read of
+    # the old values costs a copy of the whole buffer per chunk. Each write's offset depends (as
+    # min(start, start + t), t >= 0) on one element that the previous write stored, which orders
+    # them without changing where they land.
+    order, i = [], len(parts)
+    for n in reversed(counts):
+      i -= n
+      order.extend(range(i, i + n))
+    written, token = [None] * len(parts), None
+    for k in order:
+      at = start if token is None else jnp.minimum(start, start + token)
+      pieces = _parts(new[k], size)
+      written[k] = [jax.lax.dynamic_update_slice_in_dim(a, p.astype(a.dtype), at, 0) for a, p in zip(parts[k], pieces, strict=True)]
+      token = _nonnegative(jax.lax.dynamic_slice(written[k][0], (at, jnp.int32(0)), (1, 1))[0, 0])
+    return written
+
+  if loops:
+    parts = jax.lax.fori_loop(0, loops, lambda i, ps: advance_chunk(i * per_chunk, per_chunk, ps), parts)
+  if tail:
+    parts = advance_chunk(loops * per_chunk, tail, parts)
+  new_flat = [_node(ps, like, None) for ps, like in zip(parts, flat, strict=True)]
+  # The output from the stored buffers, elementwise: XLA fuses it into its consumer.
+  new, y, i = [], x, 0
+  for stage, n in zip(stages, counts, strict=True):
+    bufs = tuple(new_flat[i : i + n])
+    y = stage.read(y, bufs)
+    new.append(bufs)
+    i += n
+  return y, new
+
+
+def has_codec(tree: Any) -> bool:
+  """Whether any buffer in ``tree`` is kept by a codec (low-bit state)."""
+  return any(_storage.codec_of(b) is not None for b in jax.tree.leaves(tree, is_leaf=_storage.is_buffer))
