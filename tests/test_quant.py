@@ -271,7 +271,8 @@ def test_momentum_and_weight_decay_act_in_low_bit_path(kw, state_dtype):
   moved, moved_without = np.abs(want - p0), np.abs(without - want)
   err = np.abs(np.asarray(p, np.float64) - want)
   assert np.median(err / moved) < (0.02 if state_dtype == "8bit" else 0.05)
-  assert np.median(err) < 0.05 * np.median(moved_without)  # much closer to the rule than to "ignored"
+  # Much closer to the rule than to "ignored" (4-bit second moments step within ~6 % per level).
+  assert np.median(err) < (0.05 if state_dtype == "8bit" else 0.15) * np.median(moved_without)
 
 
 @pytest.mark.parametrize("state_dtype", CODECS)
