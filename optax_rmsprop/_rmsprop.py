@@ -148,6 +148,7 @@ def _scale_by_second_moment(
 
   def pack(nu, mu, count):
     """optax's state for these flags: no mu unless centered, no count without bias correction."""
+    nu, mu = _storage.nodes_outside_boxes(nu, spec), _storage.nodes_outside_boxes(mu, spec)
     if accumulate:
       return optax.ScaleByRssState(sum_of_squares=nu)
     fields = {"nu": nu, **({"mu": mu} if centered else {}), **({"count": count} if bias_correction else {})}
@@ -279,6 +280,7 @@ def _scale_by_second_moment(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_state_type(fn, state, state_type)
+    state = _storage.nodes_inside_boxes(state, spec)
     nus = state.sum_of_squares if accumulate else state.nu
     _check_tree(fn, updates, nus)
     _checks.check_float_leaves(fn, updates, "gradient")
@@ -550,7 +552,8 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
 
   def init_fn(params):
     _checks.check_float_leaves(fn, params, "params")
-    return optax.TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
+    trace = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params)
+    return optax.TraceState(trace=_storage.nodes_outside_boxes(trace, spec))
 
   def leaf(u, b, *, decay):
     cdt = _storage.compute_dtype(u.dtype)
@@ -569,13 +572,15 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     _checks.check_state_type(fn, state, optax.TraceState)
+    state = _storage.nodes_inside_boxes(state, spec)
     _check_tree(fn, updates, state.trace)
     _checks.check_float_leaves(fn, updates, "gradient")
     updates = jax.tree.map(jnp.asarray, updates)
     pairs = jax.tree.map(run, updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
-    return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=treedef.unflatten([p[1] for p in flat]))
+    trace = _storage.nodes_outside_boxes(treedef.unflatten([p[1] for p in flat]), spec)
+    return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -236,3 +236,64 @@ def shape_of(buffer):
   """The shape of the parameter a buffer belongs to."""
   codec = codec_of(buffer)
   return buffer.shape if codec is None else codec.shape(buffer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec nodes and array boxes.
+#
+# A box is a pytree node that stands for one array: it has one child and converts to an array
+# (``__jax_array__``), as flax's ``nnx.Variable`` (``nnx.Param``, ``nnx.OptVariable``). A state
+# built by mapping over boxed parameters puts each buffer in its parameter's box. A box around a
+# codec node breaks frameworks that treat a box as one array: ``nnx.Optimizer`` writes each new
+# state back box by box (``nnx.update``), and a box whose value is a node gets, instead, the
+# node's fields as a plain ``nnx.State`` (its type and static fields lost). So the state keeps
+# every codec node outside the boxes, each of its arrays in a copy of the box, which such a
+# framework updates array by array, the node in place.
+
+
+def _is_box(x) -> bool:
+  if isinstance(x, (jax.Array, jax.core.Tracer)) or not hasattr(x, "__jax_array__"):
+    return False
+  return jax.tree_util.tree_structure(x, is_leaf=lambda y: y is not x).num_leaves == 1
+
+
+def _unbox(box):
+  """(the box's treedef, its one child)."""
+  (child,), treedef = jax.tree_util.tree_flatten(box, is_leaf=lambda y: y is not box)
+  return treedef, child
+
+
+def nodes_outside_boxes(tree, spec):
+  """``tree`` with every ``box(node(codes, scale))`` rewritten as ``node(box(codes), box(scale))``
+  (a no-op unless ``spec`` is a codec)."""
+  if spec is None or isinstance(spec, np.dtype):
+    return tree
+
+  def lift(x):
+    if not _is_box(x):
+      return x
+    treedef, child = _unbox(x)
+    child = lift(child)
+    if codec_of(child) is None:
+      return x
+    return jax.tree.map(lambda a: treedef.unflatten([a]), child)
+
+  return jax.tree.map(lift, tree, is_leaf=_is_box)
+
+
+def nodes_inside_boxes(tree, spec):
+  """The inverse of :func:`nodes_outside_boxes`: the layout the update rules read, one buffer in
+  each of the gradient's boxes."""
+  if spec is None or isinstance(spec, np.dtype):
+    return tree
+
+  def lower(x):
+    fields = jax.tree.leaves(x, is_leaf=_is_box)
+    if not fields or not all(_is_box(f) for f in fields):
+      return x
+    treedef = _unbox(fields[0])[0]
+    if any(_unbox(f)[0] != treedef for f in fields[1:]):
+      return x
+    return treedef.unflatten([lower(jax.tree.map(lambda b: _unbox(b)[1], x, is_leaf=_is_box))])
+
+  return jax.tree.map(lower, tree, is_leaf=lambda x: codec_of(x) is not None)
