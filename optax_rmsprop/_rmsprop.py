@@ -75,6 +75,8 @@ def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state"
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
   # A codec's buffer (8-bit codes and scales) is one node: compare the parameters' shapes.
   views = jax.tree.map(lambda b: jax.ShapeDtypeStruct(_storage.shape_of(b), jnp.float32), buffers, is_leaf=_storage.is_buffer)
+  if jax.tree.structure(views) != jax.tree.structure(updates):
+    _checks.check_buffers_not_split(fn, views, updates, _storage.node_fields())
   _checks.check_same_structure(fn, views, updates, buffers_name, "gradient")
   _checks.check_same_shapes(fn, views, updates, buffers_name, "gradient")
 

@@ -12,6 +12,7 @@ that dispatches on how a buffer is kept, and it imports no codec.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import jax
@@ -71,6 +72,16 @@ def resolve_state_dtype(fn: str, state_dtype: Any):
 def codec_of(buffer) -> Codec | None:
   """The codec that made ``buffer``, or ``None`` for a plain array."""
   return _NODE_CODECS.get(type(buffer))
+
+
+def node_fields() -> list[frozenset[str]]:
+  """The names of the array fields of each registered codec's node type (a dataclass; static
+  fields excluded): what a node's arrays are called once split out of it."""
+  return [
+      frozenset(f.name for f in dataclasses.fields(t) if not f.metadata.get("static"))
+      for t in _NODE_CODECS
+      if dataclasses.is_dataclass(t)
+  ]
 
 
 def real_dtype(dtype) -> np.dtype:
