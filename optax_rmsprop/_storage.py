@@ -69,6 +69,11 @@ def resolve_state_dtype(fn: str, state_dtype: Any):
   return dt
 
 
+def is_codec(spec) -> bool:
+  """Whether a resolved ``state_dtype`` (see :func:`resolve_state_dtype`) is a codec, not a dtype."""
+  return spec is not None and not isinstance(spec, np.dtype)
+
+
 def codec_of(buffer) -> Codec | None:
   """The codec that made ``buffer``, or ``None`` for a plain array."""
   return _NODE_CODECS.get(type(buffer))
@@ -277,7 +282,7 @@ def _unbox(box):
 def nodes_outside_boxes(tree, spec):
   """``tree`` with every ``box(node(codes, scale))`` rewritten as ``node(box(codes), box(scale))``
   (a no-op unless ``spec`` is a codec)."""
-  if spec is None or isinstance(spec, np.dtype):
+  if not is_codec(spec):
     return tree
 
   def lift(x):
@@ -295,7 +300,7 @@ def nodes_outside_boxes(tree, spec):
 def nodes_inside_boxes(tree, spec):
   """The inverse of :func:`nodes_outside_boxes`: the layout the update rules read, one buffer in
   each of the gradient's boxes."""
-  if spec is None or isinstance(spec, np.dtype):
+  if not is_codec(spec):
     return tree
 
   def lower(x):
