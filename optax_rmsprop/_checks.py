@@ -141,6 +141,41 @@ def describe_tree_mismatch(expected, got, expected_name: str, got_name: str) -> 
   return "; ".join(parts)
 
 
+def _key_name(key):
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
+
+
+def check_buffers_not_split(fn: str, state, gradient, node_fields) -> None:
+  """Raises ValueError when a codec's node in the state was split into its arrays after ``init``.
+
+  ``init`` makes one buffer per gradient leaf, a codec's node (8-bit codes and scales) counting as
+  one. Leaves directly below a gradient leaf's path, named as one of ``node_fields`` (the array
+  fields of each registered node type), are such a node rebuilt as a plain container of its arrays
+  (e.g. by code that writes the state back leaf by leaf): the state changed, not the gradient, and
+  the message says so. ``state`` has one leaf per buffer.
+  """
+  grad_paths = {tuple(p) for p, _ in jax.tree_util.tree_flatten_with_path(gradient)[0]}
+  below: dict[tuple, list] = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if len(path) > 1 and tuple(path[:-1]) in grad_paths:
+      below.setdefault(tuple(path[:-1]), []).append(path)
+  split = {o: ps for o, ps in below.items() if frozenset(_key_name(p[-1]) for p in ps) in node_fields}
+  if split:
+    owners = ", ".join(_path_str(o) for o in list(split)[:8]) + (" …" if len(split) > 8 else "")
+    leaves = [_path_str(p) for ps in split.values() for p in ps]
+    raise ValueError(
+        f"{fn}: the optimizer state no longer has the structure init() made: its state leaves "
+        + ", ".join(leaves[:8]) + (" …" if len(leaves) > 8 else "")
+        + f" sit below {owners}, where init() put one buffer per parameter (a state_dtype codec's node, "
+        "since rebuilt as a plain container of its arrays, e.g. by code that writes the state back leaf "
+        "by leaf); pass update() the state that init() or the previous update() returned, with its "
+        "structure unchanged"
+    )
+
+
 def check_same_structure(fn: str, expected, got, expected_name: str, got_name: str) -> None:
   """Raises ValueError naming the differing paths when two trees do not match."""
   if jax.tree.structure(expected) != jax.tree.structure(got):

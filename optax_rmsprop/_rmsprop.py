@@ -114,6 +114,8 @@ def _check_tree(fn: str, updates, buffers, buffers_name: str = "optimizer state"
     raise TypeError(f"{fn}: the state passed to update() was not made by this transformation's init()")
   # A codec's buffer (8-bit codes and scales) is one node: compare the parameters' shapes.
   views = jax.tree.map(lambda b: jax.ShapeDtypeStruct(_storage.shape_of(b), jnp.float32), buffers, is_leaf=_storage.is_buffer)
+  if jax.tree.structure(views) != jax.tree.structure(updates):
+    _checks.check_buffers_not_split(fn, views, updates, _storage.node_fields())
   _checks.check_same_structure(fn, views, updates, buffers_name, "gradient")
   _checks.check_same_shapes(fn, views, updates, buffers_name, "gradient")
 
@@ -187,6 +189,7 @@ def _scale_by_second_moment(
 
   def pack(nu, mu, count):
     """optax's state for these flags: no mu unless centered, no count without bias correction."""
+    nu, mu = _storage.nodes_outside_boxes(nu, spec), _storage.nodes_outside_boxes(mu, spec)
     if accumulate:
       return optax.ScaleByRssState(sum_of_squares=nu)
     fields = {"nu": nu, **({"mu": mu} if centered else {}), **({"count": count} if bias_correction else {})}
@@ -367,6 +370,7 @@ def _scale_by_second_moment(
   def prepare(updates, state):
     """Checks ``updates`` against ``state``; the incremented count and the buffer trees."""
     _checks.check_state_type(fn, state, state_type)
+    state = _storage.nodes_inside_boxes(state, spec)
     nus = state.sum_of_squares if accumulate else state.nu
     _check_tree(fn, updates, nus)
     _checks.check_float_leaves(fn, updates, "gradient")
@@ -679,7 +683,8 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
 
   def init_fn(params):
     _checks.check_float_leaves(fn, params, "params")
-    return optax.TraceState(trace=jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params))
+    trace = jax.tree.map(lambda p: _storage.create(p, 0.0, spec, real=False), params)
+    return optax.TraceState(trace=_storage.nodes_outside_boxes(trace, spec))
 
   def leaf(u, b, *, decay):
     cdt = _storage.compute_dtype(u.dtype)
@@ -705,6 +710,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
 
   def prepare(updates, state):
     _checks.check_state_type(fn, state, optax.TraceState)
+    state = _storage.nodes_inside_boxes(state, spec)
     _check_tree(fn, updates, state.trace)
     _checks.check_float_leaves(fn, updates, "gradient")
     return None, [state.trace]
@@ -728,7 +734,8 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     pairs = jax.tree.map(run, updates, state.trace)
     treedef = jax.tree.structure(updates)
     flat = treedef.flatten_up_to(pairs)
-    return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=treedef.unflatten([p[1] for p in flat]))
+    trace = _storage.nodes_outside_boxes(treedef.unflatten([p[1] for p in flat]), spec)
+    return treedef.unflatten([p[0] for p in flat]), optax.TraceState(trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, _with_kernel(update_fn, kernel))
 

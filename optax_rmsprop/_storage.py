@@ -12,6 +12,7 @@ that dispatches on how a buffer is kept, and it imports no codec.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 import jax
@@ -68,9 +69,24 @@ def resolve_state_dtype(fn: str, state_dtype: Any):
   return dt
 
 
+def is_codec(spec) -> bool:
+  """Whether a resolved ``state_dtype`` (see :func:`resolve_state_dtype`) is a codec, not a dtype."""
+  return spec is not None and not isinstance(spec, np.dtype)
+
+
 def codec_of(buffer) -> Codec | None:
   """The codec that made ``buffer``, or ``None`` for a plain array."""
   return _NODE_CODECS.get(type(buffer))
+
+
+def node_fields() -> list[frozenset[str]]:
+  """The names of the array fields of each registered codec's node type (a dataclass; static
+  fields excluded): what a node's arrays are called once split out of it."""
+  return [
+      frozenset(f.name for f in dataclasses.fields(t) if not f.metadata.get("static"))
+      for t in _NODE_CODECS
+      if dataclasses.is_dataclass(t)
+  ]
 
 
 def real_dtype(dtype) -> np.dtype:
@@ -236,3 +252,64 @@ def shape_of(buffer):
   """The shape of the parameter a buffer belongs to."""
   codec = codec_of(buffer)
   return buffer.shape if codec is None else codec.shape(buffer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codec nodes and array boxes.
+#
+# A box is a pytree node that stands for one array: it has one child and converts to an array
+# (``__jax_array__``), as flax's ``nnx.Variable`` (``nnx.Param``, ``nnx.OptVariable``). A state
+# built by mapping over boxed parameters puts each buffer in its parameter's box. A box around a
+# codec node breaks frameworks that treat a box as one array: ``nnx.Optimizer`` writes each new
+# state back box by box (``nnx.update``), and a box whose value is a node gets, instead, the
+# node's fields as a plain ``nnx.State`` (its type and static fields lost). So the state keeps
+# every codec node outside the boxes, each of its arrays in a copy of the box, which such a
+# framework updates array by array, the node in place.
+
+
+def _is_box(x) -> bool:
+  if isinstance(x, (jax.Array, jax.core.Tracer)) or not hasattr(x, "__jax_array__"):
+    return False
+  return jax.tree_util.tree_structure(x, is_leaf=lambda y: y is not x).num_leaves == 1
+
+
+def _unbox(box):
+  """(the box's treedef, its one child)."""
+  (child,), treedef = jax.tree_util.tree_flatten(box, is_leaf=lambda y: y is not box)
+  return treedef, child
+
+
+def nodes_outside_boxes(tree, spec):
+  """``tree`` with every ``box(node(codes, scale))`` rewritten as ``node(box(codes), box(scale))``
+  (a no-op unless ``spec`` is a codec)."""
+  if not is_codec(spec):
+    return tree
+
+  def lift(x):
+    if not _is_box(x):
+      return x
+    treedef, child = _unbox(x)
+    child = lift(child)
+    if codec_of(child) is None:
+      return x
+    return jax.tree.map(lambda a: treedef.unflatten([a]), child)
+
+  return jax.tree.map(lift, tree, is_leaf=_is_box)
+
+
+def nodes_inside_boxes(tree, spec):
+  """The inverse of :func:`nodes_outside_boxes`: the layout the update rules read, one buffer in
+  each of the gradient's boxes."""
+  if not is_codec(spec):
+    return tree
+
+  def lower(x):
+    fields = jax.tree.leaves(x, is_leaf=_is_box)
+    if not fields or not all(_is_box(f) for f in fields):
+      return x
+    treedef = _unbox(fields[0])[0]
+    if any(_unbox(f)[0] != treedef for f in fields[1:]):
+      return x
+    return treedef.unflatten([lower(jax.tree.map(lambda b: _unbox(b)[1], x, is_leaf=_is_box))])
+
+  return jax.tree.map(lower, tree, is_leaf=lambda x: codec_of(x) is not None)

@@ -62,12 +62,12 @@ def _present(value: Any) -> bool:
   return True
 
 
-def _lr_inside_momentum(rms, learning_rate: Any, momentum: Any = None) -> list:
+def _lr_inside_momentum(rms, learning_rate: Any, momentum: Any = None, state_dtype: Any = None) -> list:
   """The Keras/TF1/papers order: the rms scaling, then the learning rate, then momentum (so the
   learning rate sits inside the momentum buffer; PyTorch's order differs, see torch_rmsprop)."""
   parts = [rms, _rmsprop.scale_by_learning_rate(learning_rate)]
   if _present(momentum):
-    parts.append(_rmsprop.trace(momentum))
+    parts.append(_rmsprop.trace(momentum, state_dtype=state_dtype))
   return parts
 
 
@@ -159,35 +159,38 @@ def _is_complex(x) -> bool:
   return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
 
 
-def _as_real(x):
-  """A complex array as a real one with a trailing axis of 2 (real, imaginary): ``view_as_real``."""
+def _as_real(x, axis: int = -1):
+  """A complex array as a real one with an axis of 2 (real, imaginary) at ``axis`` (0 or -1; -1 is
+  ``view_as_real``)."""
   if not _is_complex(x):
     return x
   if isinstance(x, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct((*x.shape, 2), _storage.real_dtype(x.dtype))
-  return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+    return jax.ShapeDtypeStruct((*x.shape, 2) if axis == -1 else (2, *x.shape), _storage.real_dtype(x.dtype))
+  return jnp.stack([jnp.real(x), jnp.imag(x)], axis=axis)
 
 
-def _complex_as_real_pairs(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def _complex_as_real_pairs(inner: optax.GradientTransformation, spec) -> optax.GradientTransformationExtraArgs:
   """Runs ``inner`` on complex leaves viewed as pairs of reals, as PyTorch's optimizers do.
 
   PyTorch keeps a separate second moment for the real and the imaginary part of a complex
   parameter (``torch.view_as_real``); the core keeps one real :math:`|g|^2`. Real leaves pass
-  through untouched; complex leaves' buffers get a trailing axis of 2.
+  through untouched; complex leaves' buffers get a trailing axis of 2, or a leading one when
+  ``spec`` (the resolved ``state_dtype``) is a codec: its blocks run along the last axis, and a
+  trailing pair would make every block one element's two parts (a scale per pair, 3 bytes per real).
   """
+  axis = 0 if _storage.is_codec(spec) else -1
 
   def init_fn(params):
-    return inner.init(jax.tree.map(_as_real, params))
+    return inner.init(jax.tree.map(lambda p: _as_real(p, axis), params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    real_params = None if params is None else jax.tree.map(_as_real, params)
-    new, state = inner.update(jax.tree.map(_as_real, updates), state, real_params, **extra_args)
-    back = lambda n, u: jax.lax.complex(n[..., 0], n[..., 1]) if _is_complex(u) else n
+    real_params = None if params is None else jax.tree.map(lambda p: _as_real(p, axis), params)
+    new, state = inner.update(jax.tree.map(lambda u: _as_real(u, axis), updates), state, real_params, **extra_args)
+    part = lambda n, i: jnp.take(n, i, axis=axis)
+    back = lambda n, u: jax.lax.complex(part(n, 0), part(n, 1)) if _is_complex(u) else n
     return jax.tree.map(back, new, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
 
 
 def torch_rmsprop(
@@ -198,6 +201,8 @@ def torch_rmsprop(
     momentum: jax.typing.ArrayLike = 0,
     centered: bool = False,
     maximize: bool = False,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.RMSprop``, step for step, with its argument names and defaults.
 
@@ -224,6 +229,10 @@ def torch_rmsprop(
     momentum: in [0, 1); 0 leaves the momentum buffer out.
     centered: divide by the estimated standard deviation.
     maximize: ascend (the gradient is negated before the weight decay is added, as PyTorch).
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
+      Complex parameters' buffers are real pairs here, so a real ``state_dtype`` holds them too.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; pass ``params`` to ``update`` when
@@ -245,7 +254,8 @@ def torch_rmsprop(
     damp (``b = momentum * b + step``). The centered variance is clamped at 0 here (eps is outside
     the root); PyTorch's can go NaN. PyTorch accepts ``momentum >= 1`` (a divergent setting); this port refuses it.
     As PyTorch, complex parameters are optimized as pairs of reals (separate second moments for
-    the real and imaginary parts; their buffers have a trailing axis of 2).
+    the real and imaginary parts; their buffers have a trailing axis of 2, a leading one with
+    ``state_dtype="8bit"``, whose blocks run along the last axis).
 
   References:
     `torch.optim.RMSprop <https://docs.pytorch.org/docs/stable/generated/torch.optim.RMSprop.html>`_
@@ -262,16 +272,17 @@ def torch_rmsprop(
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
   _check_momentum(fn, momentum)
+  spec = _storage.resolve_state_dtype(fn, state_dtype)
   parts = []
   if maximize:
     parts.append(optax.scale(-1.0))
   if _present(weight_decay):
     parts.append(coupled_weight_decay(weight_decay))
-  parts.append(_rmsprop.scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered))
+  parts.append(_rmsprop.scale_by_rms(alpha, eps, 0.0, eps_in_sqrt=False, centered=centered, state_dtype=state_dtype))
   if _present(momentum):
-    parts.append(_rmsprop.trace(momentum))  # before the learning rate: lr outside the buffer
+    parts.append(_rmsprop.trace(momentum, state_dtype=state_dtype))  # before the learning rate: lr outside the buffer
   parts.append(_rmsprop.scale_by_learning_rate(lr))
-  return _complex_as_real_pairs(_rmsprop.chain(*parts))
+  return _complex_as_real_pairs(_rmsprop.chain(*parts), spec)
 
 
 def _torch_adagrad_lr(lr: Any, lr_decay: Any):
@@ -293,6 +304,8 @@ def torch_adagrad(
     weight_decay: jax.typing.ArrayLike = 0,
     initial_accumulator_value: jax.typing.ArrayLike = 0,
     eps: jax.typing.ArrayLike = 1e-10,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.Adagrad``, step for step, with its argument names and defaults.
 
@@ -313,6 +326,10 @@ def torch_adagrad(
     weight_decay: coupled L2 coefficient, >= 0; 0 leaves it out of the chain.
     initial_accumulator_value: :math:`s_0`, >= 0.
     eps: added to the root (outside it), >= 0.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
+      Complex parameters' buffers are real pairs here, so a real ``state_dtype`` holds them too.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; pass ``params`` to ``update`` when
@@ -346,10 +363,11 @@ def torch_adagrad(
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0, allow_none=False)
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
+  spec = _storage.resolve_state_dtype(fn, state_dtype)
   parts = [coupled_weight_decay(weight_decay)] if _present(weight_decay) else []
-  parts.append(_rmsprop.scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False))
+  parts.append(_rmsprop.scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=False, state_dtype=state_dtype))
   parts.append(_rmsprop.scale_by_learning_rate(_torch_adagrad_lr(lr, lr_decay)))
-  return _complex_as_real_pairs(_rmsprop.chain(*parts))
+  return _complex_as_real_pairs(_rmsprop.chain(*parts), spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +403,8 @@ def keras_rmsprop(
     clipnorm: jax.typing.ArrayLike | None = None,
     clipvalue: jax.typing.ArrayLike | None = None,
     global_clipnorm: jax.typing.ArrayLike | None = None,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``keras.optimizers.RMSprop`` (Keras 3), step for step, with its argument names and defaults.
 
@@ -414,6 +434,9 @@ def keras_rmsprop(
     clipvalue: clip each gradient element to [-clipvalue, clipvalue] (> 0).
     global_clipnorm: clip all gradients together to this global L2 norm (> 0). At most one of
       the three clipping arguments may be set.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; pass ``params`` to ``update`` when
@@ -453,9 +476,10 @@ def keras_rmsprop(
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   _checks.check_range(fn, "weight_decay", weight_decay, 0.0)
+  _storage.resolve_state_dtype(fn, state_dtype)
   parts = _keras_clipping(fn, clipnorm, clipvalue, global_clipnorm)
-  rms = _rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered)
-  parts += _lr_inside_momentum(rms, learning_rate, momentum)
+  rms = _rmsprop.scale_by_rms(rho, epsilon, 0.0, eps_in_sqrt=True, centered=centered, state_dtype=state_dtype)
+  parts += _lr_inside_momentum(rms, learning_rate, momentum, state_dtype)
   if weight_decay is not None:
     parts.append(_rmsprop.decoupled_weight_decay(learning_rate, weight_decay))
   return _rmsprop.chain(*parts)
@@ -465,6 +489,8 @@ def keras_adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.001,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
     epsilon: jax.typing.ArrayLike = 1e-07,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``keras.optimizers.Adagrad`` (Keras 3), step for step, with its argument names and defaults.
 
@@ -478,6 +504,9 @@ def keras_adagrad(
     learning_rate: >= 0, or an optax schedule evaluated at the update count (0 first).
     initial_accumulator_value: :math:`s_0`, >= 0.
     epsilon: added inside the root, >= 0.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -507,8 +536,9 @@ def keras_adagrad(
   _check_lr(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "initial_accumulator_value", initial_accumulator_value, 0.0, allow_none=False)
   _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
+  _storage.resolve_state_dtype(fn, state_dtype)
   return _rmsprop.chain(
-      _rmsprop.scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True),
+      _rmsprop.scale_by_rss(initial_accumulator_value, epsilon, eps_in_sqrt=True, state_dtype=state_dtype),
       _rmsprop.scale_by_learning_rate(learning_rate),
   )
 
@@ -523,6 +553,8 @@ def tf1_rmsprop(
     momentum: jax.typing.ArrayLike = 0.0,
     epsilon: jax.typing.ArrayLike = 1e-10,
     centered: bool = False,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf.compat.v1.train.RMSPropOptimizer``, step for step, with its argument names and defaults.
 
@@ -544,6 +576,9 @@ def tf1_rmsprop(
     momentum: in [0, 1); 0 leaves the momentum buffer out (TF1 keeps one that equals the step).
     epsilon: added inside the root, >= 0.
     centered: divide by the estimated standard deviation.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype, as TF1), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -576,8 +611,9 @@ def tf1_rmsprop(
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "epsilon", epsilon, 0.0, allow_none=False)
   _checks.check_flag(fn, "centered", centered)
-  rms = _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered)  # ms starts at 1
-  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum))
+  _storage.resolve_state_dtype(fn, state_dtype)
+  rms = _rmsprop.scale_by_rms(decay, epsilon, 1.0, eps_in_sqrt=True, centered=centered, state_dtype=state_dtype)  # ms starts at 1
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum, state_dtype))
 
 
 def graves_rmsprop(
@@ -585,6 +621,8 @@ def graves_rmsprop(
     decay: jax.typing.ArrayLike = 0.95,
     momentum: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-4,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Graves's centered RMSProp with momentum (2013, eqs. 38-41), with the paper's constants.
 
@@ -604,6 +642,9 @@ def graves_rmsprop(
     decay: :math:`\aleph`, in [0, 1].
     momentum: :math:`\beth`, in [0, 1); 0 leaves the momentum buffer out.
     eps: :math:`\daleth`, added inside the root, >= 0.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -630,14 +671,17 @@ def graves_rmsprop(
   _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _check_momentum(fn, momentum)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
-  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True)
-  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum))
+  _storage.resolve_state_dtype(fn, state_dtype)
+  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True, state_dtype=state_dtype)
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, momentum, state_dtype))
 
 
 def dqn_rmsprop(
     learning_rate: optax.ScalarOrSchedule = 2.5e-4,
     decay: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 0.01,
+    *,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The centered RMSProp of DQN (Mnih et al. 2015), with its constants.
 
@@ -654,6 +698,9 @@ def dqn_rmsprop(
       anneals it linearly).
     decay: both averages' decay (0.95), in [0, 1].
     eps: added inside the root (0.01), >= 0.
+    state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
+      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
+      (blockwise codes, about 1 byte per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -682,6 +729,7 @@ def dqn_rmsprop(
   _check_lr(fn, "learning_rate", learning_rate)
   _checks.check_range(fn, "decay", decay, 0.0, 1.0, allow_none=False)
   _checks.check_range(fn, "eps", eps, 0.0, allow_none=False)
-  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True)
-  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate))
+  _storage.resolve_state_dtype(fn, state_dtype)
+  rms = _rmsprop.scale_by_rms(decay, eps, 0.0, eps_in_sqrt=True, centered=True, state_dtype=state_dtype)
+  return _rmsprop.chain(*_lr_inside_momentum(rms, learning_rate, state_dtype=state_dtype))
 

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_rmsprop import compat
+from optax_rmsprop import _storage, compat
 from tests import compat_reference as ref
 
 STEPS = 120
@@ -637,3 +637,175 @@ def test_schedules_and_traced_values_are_not_validated_at_construction():
   compat.torch_rmsprop(lr=optax.constant_schedule(-1.0))  # a schedule is the user's to trust
   jax.jit(lambda lr: compat.keras_rmsprop(learning_rate=lr).update(jnp.ones(2), compat.keras_rmsprop().init(
       jnp.ones(2)))[0])(jnp.float32(0.1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-bit state: every port takes the core's state_dtype. A problem with a 32 x 256 leaf (so
+# "8bit" keeps its buffers as codes) and a small one, float32, 150 steps of gradients whose noise
+# is comparable to their signal, as in minibatch training. (Where the signal dominates, a centered
+# variance nu - mu^2 is a small difference of two rounded numbers: 8-bit Graves then ends 50 %
+# below the float run on this quadratic, bfloat16 7 %.) The peer is the framework itself where
+# installed, else its NumPy transcription; the peers keep float32 (NumPy: float64) state.
+
+_LB_SHAPES = [(32, 256), (7,)]
+_LB_STEPS = 150
+_LB_RNG = np.random.default_rng(20260512)
+_LB_TARGET = [_LB_RNG.normal(size=s) for s in _LB_SHAPES]
+_LB_P0 = [c + _LB_RNG.normal(size=s) for c, s in zip(_LB_TARGET, _LB_SHAPES, strict=True)]
+_LB_CURV = [_LB_RNG.uniform(0.5, 2.0, size=s) for s in _LB_SHAPES]
+_LB_NOISE = [np.stack([2.0 * _LB_RNG.normal(size=s) for _ in range(_LB_STEPS)]) for s in _LB_SHAPES]
+
+LOW_BIT = {  # one configuration per port, with every buffer it can keep
+    "torch_rmsprop": dict(lr=3e-3, alpha=0.9, centered=True, momentum=0.9),
+    "torch_adagrad": dict(lr=0.05),
+    "keras_rmsprop": dict(learning_rate=3e-3, centered=True, momentum=0.9),
+    "keras_adagrad": dict(learning_rate=0.05),
+    "tf1_rmsprop": dict(learning_rate=3e-3, centered=True, momentum=0.9),
+    "graves_rmsprop": dict(learning_rate=1e-3),
+    "dqn_rmsprop": dict(learning_rate=5e-3),
+}
+_NUMPY_PEER = {"torch_rmsprop": ref.TorchRMSprop, "torch_adagrad": ref.TorchAdagrad, "keras_rmsprop": ref.KerasRMSprop,
+               "keras_adagrad": ref.KerasAdagrad, "tf1_rmsprop": ref.TF1RMSProp, "graves_rmsprop": ref.GravesRMSProp,
+               "dqn_rmsprop": ref.DQNRMSProp}
+
+
+def _lb_grad(t, params):
+  return [a * (np.asarray(p, np.float64) - c) + n[t]
+          for p, a, c, n in zip(params, _LB_CURV, _LB_TARGET, _LB_NOISE, strict=True)]
+
+
+def _lb_loss(params) -> float:
+  return float(sum(np.sum(a * (np.asarray(p, np.float64) - c) ** 2) / 2
+                   for p, a, c in zip(params, _LB_CURV, _LB_TARGET, strict=True)))
+
+
+def _lb_ours(tx):
+  """(final loss, final state) of ours, float32, as one jitted scan."""
+  f32 = lambda xs: [jnp.asarray(x, jnp.float32) for x in xs]
+  curv, target = f32(_LB_CURV), f32(_LB_TARGET)
+
+  def body(carry, noise_t):
+    params, state = carry
+    grads = [a * (p - c) + n for p, a, c, n in zip(params, curv, target, noise_t, strict=True)]
+    updates, state = tx.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  run = jax.jit(lambda p0, noise: jax.lax.scan(body, (p0, tx.init(p0)), noise)[0])
+  params, state = run(f32(_LB_P0), f32(_LB_NOISE))
+  return _lb_loss(params), state
+
+
+def _live_keras():
+  if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "jax"
+  try:
+    import keras
+  except ImportError:
+    return None
+  return keras if keras.backend.backend() == "jax" else None
+
+
+@functools.cache
+def _lb_peer(name: str) -> tuple[float, str]:
+  """(final loss, which peer): live torch / Keras where installed, else the NumPy transcription."""
+  kw = LOW_BIT[name]
+  grads_at = lambda t, arrays: [g.astype(np.float32) for g in _lb_grad(t, arrays)]
+  if name.startswith("torch"):
+    try:
+      import torch
+    except ImportError:
+      torch = None
+    if torch is not None:
+      params = [torch.tensor(p, dtype=torch.float32, requires_grad=True) for p in _LB_P0]
+      opt = getattr(torch.optim, "RMSprop" if name == "torch_rmsprop" else "Adagrad")(params, **kw)
+      for t in range(_LB_STEPS):
+        for p, g in zip(params, grads_at(t, [p.detach().numpy() for p in params]), strict=True):
+          p.grad = torch.from_numpy(g)
+        opt.step()
+      return _lb_loss([p.detach().numpy() for p in params]), "torch"
+  if name.startswith("keras") and (keras := _live_keras()) is not None:
+    opt = getattr(keras.optimizers, "RMSprop" if name == "keras_rmsprop" else "Adagrad")(**kw)
+    variables = [keras.Variable(p, dtype="float32") for p in _LB_P0]
+    for t in range(_LB_STEPS):
+      opt.apply([jnp.asarray(g) for g in grads_at(t, [np.asarray(v.value) for v in variables])], variables)
+    return _lb_loss([np.asarray(v.value) for v in variables]), "keras"
+  reference = _NUMPY_PEER[name](_LB_P0, **kw)
+  for t in range(_LB_STEPS):
+    reference.step(_lb_grad(t, reference.params))
+  return _lb_loss(reference.params), "numpy"
+
+
+def _buffers_of_big_leaf(state):
+  return [b for b in jax.tree.leaves(state, is_leaf=_storage.is_buffer)
+          if _storage.is_buffer(b) and tuple(_storage.shape_of(b)) == _LB_SHAPES[0]]
+
+
+@pytest.mark.parametrize("state_dtype", ["8bit", jnp.bfloat16], ids=["8bit", "bfloat16"])
+@pytest.mark.parametrize("name", list(LOW_BIT))
+def test_low_bit_state_trains_within_a_few_percent_of_the_peer(name, state_dtype):
+  kw = LOW_BIT[name]
+  loss, state = _lb_ours(getattr(compat, name)(**kw, state_dtype=state_dtype))
+  peer, which = _lb_peer(name)
+  start = _lb_loss(_LB_P0)
+  assert peer < 0.6 * start, f"the {which} peer did learn ({start:.1f} -> {peer:.1f})"
+  assert abs(loss - peer) <= 0.03 * peer, f"{name}: {loss:.2f} vs {which}'s {peer:.2f}"
+  # The state really is low-bit: every buffer of the big leaf (nu; mu and the momentum trace
+  # where the port keeps them).
+  buffers = _buffers_of_big_leaf(state)
+  n_buffers = 1 + kw.get("centered", name in ("graves_rmsprop", "dqn_rmsprop")) + (
+      kw.get("momentum", 0.9 if name == "graves_rmsprop" else 0) > 0)
+  assert len(buffers) == n_buffers, buffers
+  size = math.prod(_LB_SHAPES[0])
+  for b in buffers:
+    if state_dtype == "8bit":
+      assert _storage.codec_of(b) is not None, type(b)
+      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= 1.05 * size
+    else:
+      assert b.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("state_dtype", ["8bit", jnp.bfloat16], ids=["8bit", "bfloat16"])
+@pytest.mark.parametrize("which", ["RMSprop", "Adagrad"])
+def test_low_bit_state_holds_complex_parameters_as_real_pairs(which, state_dtype):
+  """The PyTorch ports view a complex parameter as real pairs: the pairs' buffers are low-bit too
+  (bfloat16 even for mu and the trace, which the core keeps complex; 8-bit codes with blocks along
+  the parameter's last axis, about 1 byte per real), and the run stays within 3 % of PyTorch."""
+  rng = np.random.default_rng(11)
+  shape = (32, 128)  # 4096 complex elements: 8192 reals
+  target = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+  p0 = target + rng.normal(size=shape) + 1j * rng.normal(size=shape)
+  noise = 2.0 * (rng.normal(size=(60, *shape)) + 1j * rng.normal(size=(60, *shape)))
+  kw = dict(lr=3e-3, alpha=0.9, centered=True, momentum=0.9) if which == "RMSprop" else dict(lr=0.05)
+  make = compat.torch_rmsprop if which == "RMSprop" else compat.torch_adagrad
+  tx = make(**kw, state_dtype=state_dtype)
+  p = jnp.asarray(p0, jnp.complex64)
+  state, update = tx.init(p), jax.jit(tx.update)
+  for t in range(60):
+    u, state = update(jnp.asarray((np.asarray(p) - target) + noise[t], jnp.complex64), state, p)
+    p = optax.apply_updates(p, u)
+  torch = pytest.importorskip("torch")
+  tp = torch.tensor(p0, dtype=torch.complex64, requires_grad=True)
+  opt = getattr(torch.optim, which)([tp], **kw)
+  for t in range(60):
+    tp.grad = torch.from_numpy(((tp.detach().numpy() - target) + noise[t]).astype(np.complex64))
+    opt.step()
+  loss = lambda x: float(np.sum(np.abs(np.asarray(x) - target) ** 2))
+  assert loss(tp.detach().numpy()) < 0.6 * loss(p0)
+  assert abs(loss(p) - loss(tp.detach().numpy())) <= 0.03 * loss(tp.detach().numpy())
+  buffers = [b for b in jax.tree.leaves(state, is_leaf=_storage.is_buffer) if _storage.is_buffer(b) and len(_storage.shape_of(b)) > 0]
+  assert len(buffers) == (3 if which == "RMSprop" else 1)
+  for b in buffers:
+    if state_dtype == "8bit":
+      assert _storage.codec_of(b) is not None and tuple(_storage.shape_of(b)) == (2, *shape)
+      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= 1.05 * 2 * math.prod(shape)
+    else:
+      assert b.dtype == jnp.bfloat16 and b.shape == (*shape, 2)
+
+
+@pytest.mark.parametrize("name", list(LOW_BIT))
+def test_bad_state_dtype_names_the_allowed_values(name):
+  with pytest.raises(ValueError, match=rf"{name}\(state_dtype='4bits'\): state_dtype must be None or one of "
+                                       r"float16, bfloat16, float32, float64, '8bit'"):
+    getattr(compat, name)(**LOW_BIT[name], state_dtype="4bits")
+  with pytest.raises(ValueError, match=rf"{name}\(state_dtype=.*int8.*\): state_dtype must be None or one of .*got int8"):
+    getattr(compat, name)(**LOW_BIT[name], state_dtype=jnp.int8)

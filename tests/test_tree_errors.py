@@ -1,15 +1,19 @@
 """Mismatched trees fail with a message naming the mismatch, never a bare tree-util or XLA trace.
 
 Covers gradients vs. state (every buffer-holding transform, eager and under jit), gradients vs.
-params (weight decay reads the params), a state built for other params, and weight_decay_mask
-trees that do not fit the params.
+params (weight decay reads the params), a state built for other params, a state whose 8-bit
+nodes were split into their arrays after init (named as the state's fault, not the gradient's),
+and weight_decay_mask trees that do not fit the params.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 import optax_rmsprop
+from optax_rmsprop import _storage
 
 PARAMS = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones((2, 2), jnp.float32)}
 
@@ -114,3 +118,61 @@ def test_state_whose_buffers_are_not_arrays_is_rejected():
   state = tx.init(PARAMS)._replace(nu="not a buffer")
   with pytest.raises(TypeError, match=r"scale_by_rms: the state passed to update\(\) was not made by this"):
     tx.update(PARAMS, state)
+
+
+# A state whose codec nodes were split into their arrays after init (what nnx.Optimizer's leaf
+# by leaf write-back once did to 8-bit state): the state changed, and the message must say so.
+BIG = {"kernel": jnp.ones((64, 128), jnp.float32), "bias": jnp.ones(128, jnp.float32)}
+
+
+def _split_nodes(tree):
+  """Every codec node replaced by a plain dict of its fields, as a leaf-wise write-back leaves it."""
+  is_node = lambda x: _storage.codec_of(x) is not None
+  return jax.tree.map(lambda x: {f.name: getattr(x, f.name) for f in dataclasses.fields(x) if not f.metadata.get("static")}
+                      if is_node(x) else x, tree, is_leaf=is_node)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    "make, fn",
+    [
+        (lambda: optax_rmsprop.rmsprop(0.1, state_dtype="8bit"), "scale_by_rms"),
+        (lambda: optax_rmsprop.rmsprop(0.1, centered=True, state_dtype="8bit"), "scale_by_rms"),
+        (lambda: optax_rmsprop.trace(0.9, state_dtype="8bit"), "trace"),
+    ],
+    ids=["rmsprop", "centered", "trace"],
+)
+def test_state_whose_codec_nodes_were_split_says_the_state_changed(make, fn, jit):
+  tx = make()
+  state = _split_nodes(tx.init(BIG))
+  update = jax.jit(tx.update) if jit else tx.update
+  with pytest.raises(ValueError) as info:
+    update(BIG, state, BIG)
+  msg = str(info.value)
+  assert msg.startswith(f"{fn}: the optimizer state no longer has the structure init() made"), msg
+  assert "['kernel']['codes'], ['kernel']['scale']" in msg, msg
+  assert "gradient tree does not match" not in msg and "missing from the gradient" not in msg, msg
+
+
+def test_nnx_write_back_of_a_boxed_codec_node_is_named():
+  """The original failure: a state holding each 8-bit buffer as one nnx.Variable value, written
+  back with nnx.update from the next state, hands update() the node's arrays as an nnx.State."""
+  nnx = pytest.importorskip("flax.nnx")
+  tx = optax_rmsprop.rmsprop(0.1, state_dtype="8bit")
+  state = tx.init(BIG)
+  held = jax.tree.map(nnx.Variable, state, is_leaf=_storage.is_buffer)  # one box per buffer
+  _, new_state = tx.update(BIG, state, BIG)
+  nnx.update(held, nnx.state(new_state))
+  with pytest.raises(ValueError, match=r"scale_by_rms: the optimizer state no longer has the structure init\(\) made: "
+                                       r"its state leaves \['kernel'\]\['codes'\], \['kernel'\]\['scale'\]") as info:
+    tx.update(BIG, nnx.as_pure(held), BIG)
+  assert "gradient tree does not match" not in str(info.value)
+
+
+def test_a_deeper_state_tree_that_is_no_split_node_still_blames_the_trees():
+  # Leaves below a gradient leaf that are not named as a codec node's fields: the usual message.
+  tx = optax_rmsprop.rmsprop(0.1, state_dtype="8bit")
+  other = tx.init({"kernel": {"x": BIG["kernel"], "y": BIG["bias"]}, "bias": BIG["bias"]})
+  with pytest.raises(ValueError, match=r"the gradient tree does not match the optimizer state tree \(missing from "
+                                       r"the gradient: \['kernel'\]\['x'\], \['kernel'\]\['y'\]"):
+    tx.update(BIG, other, BIG)
