@@ -56,7 +56,7 @@ class Config:
 
 
 def _config(smoke: bool, device: str) -> Config:
-  all_jax = ("ours", "optax", "stream", "ours-bf16", "ours-8bit")
+  all_jax = ("ours", "optax", "stream", "ours-bf16", "ours-8bit", "ours-4bit")
   if smoke:
     groups = [Group(1 << 14, 1, "plain", (*all_jax, "torch")), Group(1 << 14, 4, "centered+momentum", all_jax)]
     return Config(groups, rounds=3, min_round_s=0.0)
@@ -182,7 +182,7 @@ def _build(impl: str, g: Group, device: str) -> Runner | None:
     return _stream(g.variant, params, grads)
   if impl == "optax":
     return _optax_like(optax.rmsprop(LR, decay=DECAY, eps=EPS, **kw), params, grads)
-  state_dtype = {"ours": None, "ours-bf16": jnp.bfloat16, "ours-8bit": "8bit"}[impl]
+  state_dtype = {"ours": None, "ours-bf16": jnp.bfloat16, "ours-8bit": "8bit", "ours-4bit": "4bit"}[impl]
   tx = optax_rmsprop.rmsprop(LR, decay=DECAY, eps=EPS, state_dtype=state_dtype, **kw)
   return _optax_like(tx, params, grads)
 

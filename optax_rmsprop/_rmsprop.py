@@ -456,8 +456,8 @@ def scale_by_rms(
       (PyTorch).
     bias_correction: divide the averages by :math:`1-\mathrm{decay}^t`.
     centered: subtract the squared mean gradient (Graves 2013): :func:`scale_by_stddev`.
-    state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype or ``"8bit"``
-      stores them in it (see :func:`rmsprop` for how a narrower buffer enters the step).
+    state_dtype: ``None`` keeps buffers in the parameters' dtype; a float dtype, ``"8bit"`` or
+      ``"4bit"`` stores them in it (see :func:`rmsprop` for how a narrower buffer enters the step).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is optax's own:
@@ -722,7 +722,7 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
 
     return _chunks.Stage(advance, lambda u, bufs: read(u, bufs[0]))
 
-  kernel = _Kernel(prepare, stage, lambda ctx, trees: optax.TraceState(trace=trees[0]))
+  kernel = _Kernel(prepare, stage, lambda ctx, trees: optax.TraceState(trace=_storage.nodes_outside_boxes(trees[0], spec)))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -925,11 +925,16 @@ def rmsprop(
     maximize: ascend instead of descend.
     state_dtype: ``None`` (buffers in the parameters' dtype, as optax), a float dtype for every
       buffer (e.g. ``jnp.float32`` for bfloat16 parameters, ``jnp.bfloat16`` for 2 bytes per
-      parameter and buffer) or ``"8bit"`` (blockwise codes, about 1 byte). Buffers narrower than
-      the arithmetic (bfloat16, 8-bit) are used in the step as stored, as PyTorch and Keras use
-      low-precision state, with ``nu`` floored by a bound the exact value satisfies
+      parameter and buffer), ``"8bit"`` (blockwise codes, 1.016 bytes per parameter and buffer)
+      or ``"4bit"`` (``nu`` in 4-bit codes, 0.53 bytes; ``mu`` and momentum 8-bit). Buffers
+      narrower than the arithmetic (bfloat16, low-bit) are used in the step as stored, as PyTorch
+      and Keras use low-precision state, with ``nu`` floored by a bound the exact value satisfies
       (``(1 - decay)|g|^2``; centered ``|mu|^2 + (1 - decay) / decay |g - mu|^2``); float16
-      state, whose range ordinary gradients overflow, is used unrounded.
+      state, whose range ordinary gradients overflow, is used unrounded. Low-bit buffers of
+      parameters with fewer than 4096 elements, or complex ones, stay in full precision; centered,
+      a low-bit ``nu`` buffer holds the variance ``nu - |mu|^2`` (whose codes would otherwise
+      round it away); large leaves are updated in chunks so that the step's temporaries stay a
+      fraction of a byte per parameter.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is :func:`optax.rmsprop`'s:

@@ -6,7 +6,7 @@ A buffer is created from its parameter by :func:`create`, read into the compute 
 that an overflow in one step cannot leave an infinite (or NaN-making) value in the state.
 
 A buffer is either a plain array (``state_dtype=None`` or a float dtype) or a node of a registered
-:class:`Codec` (``state_dtype="8bit"``, registered by ``_quant``): this module is the single place
+:class:`Codec` (``state_dtype="8bit"`` or ``"4bit"``, registered by ``_quant``): this module is the single place
 that dispatches on how a buffer is kept, and it imports no codec.
 """
 
@@ -26,7 +26,11 @@ class Codec(Protocol):
   """A way of keeping a buffer other than a plain float array (e.g. blockwise 8-bit codes).
 
   ``node_type`` is the pytree class of its buffers; ``create``/``load``/``store`` mirror the module
-  functions of the same names. ``store`` receives values already clamped to float32's range.
+  functions of the same names. ``store`` receives values already clamped to float32's range, and
+  the buffer they replace (``like``). For ``_chunks``, which advances a leaf by rows of whole
+  blocks: ``block`` gives (blocks per row, block length); ``parts`` the buffer's arrays as
+  ``rows`` rows (the codes first), and ``from_parts`` a buffer from them again (a chunk's, whose
+  rows are ``chunk_last`` elements long, or with ``chunk_last=None`` the whole one like ``like``).
   """
 
   name: str
@@ -39,6 +43,12 @@ class Codec(Protocol):
   def store(self, x, like) -> Any: ...
 
   def shape(self, buffer) -> tuple[int, ...]: ...
+
+  def block(self, buffer) -> tuple[int, int]: ...
+
+  def parts(self, buffer, rows: int) -> list[jax.Array]: ...
+
+  def from_parts(self, parts, like, *, chunk_last: int | None = None) -> Any: ...
 
 
 _CODECS: dict[str, Codec] = {}
@@ -54,7 +64,7 @@ def register_codec(codec: Codec, *aliases: str) -> None:
 
 def resolve_state_dtype(fn: str, state_dtype: Any):
   """Validates ``state_dtype``: ``None`` (the parameters' dtype), a real float dtype, or the name of a
-  registered codec (``"8bit"``); returns ``None``, a dtype or the codec."""
+  registered codec (``"8bit"``, ``"4bit"``); returns ``None``, a dtype or the codec."""
   if state_dtype is None:
     return None
   if isinstance(state_dtype, str) and state_dtype.lower() in _CODECS:

@@ -230,8 +230,8 @@ def torch_rmsprop(
     centered: divide by the estimated standard deviation.
     maximize: ascend (the gradient is negated before the weight decay is added, as PyTorch).
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
       Complex parameters' buffers are real pairs here, so a real ``state_dtype`` holds them too.
 
   Returns:
@@ -327,8 +327,8 @@ def torch_adagrad(
     initial_accumulator_value: :math:`s_0`, >= 0.
     eps: added to the root (outside it), >= 0.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype, as PyTorch), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
       Complex parameters' buffers are real pairs here, so a real ``state_dtype`` holds them too.
 
   Returns:
@@ -435,8 +435,8 @@ def keras_rmsprop(
     global_clipnorm: clip all gradients together to this global L2 norm (> 0). At most one of
       the three clipping arguments may be set.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`; pass ``params`` to ``update`` when
@@ -505,8 +505,8 @@ def keras_adagrad(
     initial_accumulator_value: :math:`s_0`, >= 0.
     epsilon: added inside the root, >= 0.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype, as Keras), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -577,8 +577,8 @@ def tf1_rmsprop(
     epsilon: added inside the root, >= 0.
     centered: divide by the estimated standard deviation.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype, as TF1), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype, as TF1), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -643,8 +643,8 @@ def graves_rmsprop(
     momentum: :math:`\beth`, in [0, 1); 0 leaves the momentum buffer out.
     eps: :math:`\daleth`, added inside the root, >= 0.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -699,8 +699,8 @@ def dqn_rmsprop(
     decay: both averages' decay (0.95), in [0, 1].
     eps: added inside the root (0.01), >= 0.
     state_dtype: the buffers' storage, as in :func:`~optax_rmsprop.rmsprop`: ``None`` (the
-      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``) or ``"8bit"``
-      (blockwise codes, about 1 byte per element and buffer).
+      parameters' dtype), a float dtype (e.g. ``jnp.bfloat16``), ``"8bit"`` or ``"4bit"``
+      (blockwise codes, about 1 byte, or half a byte for ``nu``, per element and buffer).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.

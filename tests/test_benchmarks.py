@@ -22,7 +22,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path):
   assert machine["cpu"] in md and machine["jax"] in md
   rows = result["rows"]
   impls = {r["impl"] for r in rows}
-  assert {"ours", "optax", "stream", "ours-bf16", "ours-8bit"} <= impls
+  assert {"ours", "optax", "stream", "ours-bf16", "ours-8bit", "ours-4bit"} <= impls
   for r in rows:
     assert r["step_ms"] > 0 and math.isfinite(r["step_ms"])
     assert r["x_optax"] > 0 and r["x_stream"] > 0
@@ -36,6 +36,7 @@ def test_smoke_run_writes_json_and_markdown(tmp_path):
   assert by["optax", "plain"]["state_bytes_per_param"] == pytest.approx(4.0, abs=1e-3)
   assert by["ours-bf16", "plain"]["state_bytes_per_param"] == pytest.approx(2.0, abs=1e-3)
   assert by["ours-8bit", "plain"]["state_bytes_per_param"] <= 1.05
+  assert by["ours-4bit", "plain"]["state_bytes_per_param"] <= 0.6
   assert md.count("\n|") == len(rows) + 2  # header, separator, one line per row
 
 
@@ -52,3 +53,24 @@ def test_grouping_experiment_smoke(tmp_path):
   assert {"optax", "ours", "stream", "grouped k=4"} <= names
   for r in rows:
     assert float(r[1]) > 0 and int(r[3]) > 0  # step ms, kernels
+
+
+@pytest.mark.slow
+def test_low_bit_benchmark_smoke(tmp_path):
+  """Every state_dtype reports its bytes between and during the step, a speed ratio and losses;
+  the state bytes follow from the codecs (4, 2, 1.016 and 0.53 per parameter for nu alone)."""
+  from benchmarks import low_bit
+
+  assert low_bit.main(["--smoke", "--out", str(tmp_path)]) == 0
+  result = json.loads((tmp_path / "low_bit.json").read_text())
+  assert (tmp_path / "low_bit.png").stat().st_size > 0
+  md = (tmp_path / "low_bit.md").read_text()
+  assert result["machine"]["cpu"] in md
+  by = {(r["state_dtype"], r["variant"]): r for r in result["rows"]}
+  assert set(by) == {(d, v) for d in ("float32", "bfloat16", "8bit", "4bit") for v in ("plain", "centered+momentum")}
+  want = {"float32": 4.0, "bfloat16": 2.0, "8bit": 1.016, "4bit": 0.531}
+  for name, b in want.items():
+    assert by[name, "plain"]["state_bytes_per_param"] == pytest.approx(b, abs=0.01)
+  for r in result["rows"]:
+    assert r["peak_bytes_per_param"] >= r["state_bytes_per_param"]
+    assert r["x_optax"] > 0 and all(math.isfinite(v) for v in r["loss"].values())

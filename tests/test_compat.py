@@ -805,7 +805,7 @@ def test_low_bit_state_holds_complex_parameters_as_real_pairs(which, state_dtype
 @pytest.mark.parametrize("name", list(LOW_BIT))
 def test_bad_state_dtype_names_the_allowed_values(name):
   with pytest.raises(ValueError, match=rf"{name}\(state_dtype='4bits'\): state_dtype must be None or one of "
-                                       r"float16, bfloat16, float32, float64, '8bit'"):
+                                       r"float16, bfloat16, float32, float64, '4bit', '8bit'"):
     getattr(compat, name)(**LOW_BIT[name], state_dtype="4bits")
   with pytest.raises(ValueError, match=rf"{name}\(state_dtype=.*int8.*\): state_dtype must be None or one of .*got int8"):
     getattr(compat, name)(**LOW_BIT[name], state_dtype=jnp.int8)
