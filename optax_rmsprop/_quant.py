@@ -24,8 +24,8 @@ is never rounded to zero (which would turn ``g / sqrt(v)`` into ``g / sqrt(eps)`
 "zero-point problem"): it is rounded up to at least 1/256 of the block's maximum, which only
 shortens that element's step. The paper's map is linear in ``v``; linear in ``sqrt(v)`` (the
 quantity the step divides by) the smallest level is 1/256 of the maximum instead of 1/16, and on
-the digits and synthetic tasks the final loss moved from 7-21 % off the float32 state's to within
-2.5 %. The mean gradient and the momentum have no zero-point problem (a zero is harmless there)
+the digits and synthetic tasks the final loss moved from 7-21 % off the float32 state's to a few
+per cent. The mean gradient and the momentum have no zero-point problem (a zero is harmless there)
 and are kept in the 8-bit signed map.
 
 Codes are rounded stochastically (see :func:`_dither`): rounded to nearest, an average that moves
