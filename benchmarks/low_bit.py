@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -116,16 +115,10 @@ def final_loss(state_dtype, kw, task, steps: int, hidden: int = 128) -> float:
   return float(loss_fn(p))
 
 
-def machine() -> dict[str, str]:
-  dev = jax.devices()[0]
-  return {
-      "cpu": platform.processor() or platform.machine(),
-      "cores": str(len(__import__("os").sched_getaffinity(0))),
-      "device": dev.device_kind,
-      "backend": jax.default_backend(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-  }
+def machine() -> dict:
+  from benchmarks.run import machine_info
+
+  return machine_info()
 
 
 def run(smoke: bool, out: Path, log=print) -> dict:
@@ -167,14 +160,14 @@ def run(smoke: bool, out: Path, log=print) -> dict:
 def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [
-      f"Low-bit state on {m['device']} ({m['backend']}), CPU {m['cpu']} x {m['cores']}, jax {m['jax']}, optax {m['optax']}; "
+      f"Low-bit state on {m['device']} ({m['backend']}), CPU {m['cpu']} x {m['cores']} cores, jax {m['jax']}, optax {m['optax']}; "
       f"{result['rows'][0]['params']:,} parameters in one leaf, donated jitted step.",
       "",
       "| variant | state_dtype | state B/param | peak B/param (state + temporaries) | step x optax | digits loss (vs float32) | synthetic loss (vs float32) |",
       "|---|---|---|---|---|---|---|",
   ]
   for r in result["rows"]:
-    loss = lambda t: f"{r['loss'][t]:.4f} ({r['loss_vs_float32'][t]:+.1%})"
+    loss = lambda t, r=r: f"{r['loss'][t]:.4f} ({r['loss_vs_float32'][t]:+.1%})"
     lines.append(
         f"| {r['variant']} | {r['state_dtype']} | {r['state_bytes_per_param']:.3f} | {r['peak_bytes_per_param']:.3f} | "
         f"{r['x_optax']:.2f} | {loss('digits')} | {loss('synthetic')} |"
