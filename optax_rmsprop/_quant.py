@@ -53,6 +53,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optax_rmsprop import _storage
 
@@ -132,52 +133,83 @@ class Quantized4bit:
     return self.codes.dtype
 
 
-def _dither(scale, block: int):
-  """A number in [0, 1) per element of (..., nb, block) blocks, for rounding codes stochastically.
+_PHI = 0.6180339887498949  # the golden ratio's fractional part
+
+
+def _dither(scale, block_shape: tuple[int, ...]):
+  """A number in [0, 1) per element of blocks of ``block_shape`` (the trailing axes), one block
+  per element of ``scale``, for rounding codes stochastically.
 
   Rounded to nearest, a code stalls where a step changes the value by less than half a level
   (an average moving by 10 % per step, against levels 1.6 % apart in 8 bits and 6 % or more in 4),
   and the stored average stops following the gradients. Rounding up with probability equal to the
-  fraction keeps it unbiased. The noise is a hash (murmur3's finaliser) of the block's previous
-  scale and the element's place in its block: deterministic, different at every step (the scale
-  moves), and the same however the buffer is cut into chunks.
+  fraction keeps it unbiased. The noise of the element at place ``i`` of its block is
+  ``frac(i * phi + o)``: a golden-ratio sequence (evenly spread over [0, 1) within the block) shifted
+  by ``o``, a hash (murmur3's finaliser) of the bits of the block's new scale. So it is uniform for
+  every element, deterministic, different at every step where the block's maximum moves, and the
+  same however the buffer is cut into chunks; hashing per block rather than per element (and the
+  new scale rather than the old, which the loop would read again at every element) keeps the
+  rounding at the speed of the rest of the step.
   """
-  bits = jax.lax.bitcast_convert_type(scale.astype(jnp.float32), jnp.uint32)[..., None]
-  h = bits + jnp.arange(block, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+  h = jax.lax.bitcast_convert_type(scale.astype(jnp.float32), jnp.uint32)
   h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
   h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
   h = h ^ (h >> 16)
-  return (h >> 8).astype(jnp.float32) * (1 / 2**24)
+  offset = (h >> 8).astype(jnp.float32) * (1 / 2**24)
+  size = math.prod(block_shape)
+  place = jnp.asarray((np.arange(size) * _PHI % 1.0).astype(np.float32).reshape(block_shape))
+  t = offset.reshape(*offset.shape, *(1,) * len(block_shape)) + place
+  return jnp.where(t >= 1, t - 1, t)
 
 
-def _encode8(x, nb: int, signed: bool, old_scale):
-  """Codes and scales of ``x`` (..., last), float32 already clamped to float32's range, rounded
-  with the noise of :func:`_dither` drawn from ``old_scale`` (the buffer's previous scales)."""
-  last = x.shape[-1]
-  block = math.ceil(last / nb)
-  xb = _split(x, nb, block)
-  scale = jnp.max(jnp.abs(xb) if signed else xb, axis=-1)
-  r = xb * _inverse(scale)[..., None]
-  u = _dither(old_scale, block)
+# Codes are computed in a *view* of the elements in which every block is a run of trailing axes
+# (``k`` of them): reductions and broadcasts over trailing axes, no reshape of element-sized
+# arrays. XLA:CPU emits a fusion that reshapes (a merge of block axes, say) as scalar code; in
+# the chunk loop of ``_chunks`` that made the 4-bit step 5-7x slower.
+
+
+def _expand(scale, k: int):
+  return scale.reshape(*scale.shape, *(1,) * k)
+
+
+def _encode8_blocks(xb, k: int, signed: bool):
+  """8-bit codes (same shape) and scales (the leading axes) of ``xb``, float32 already clamped to
+  float32's range, whose blocks are its ``k`` trailing axes; rounded with :func:`_dither`'s noise."""
+  axes = tuple(range(-k, 0))
+  scale = jnp.max(jnp.abs(xb) if signed else xb, axis=axes)
+  r = xb * _expand(_inverse(scale), k)
+  u = _dither(scale, xb.shape[xb.ndim - k :])
   if signed:
     c = jnp.minimum(jnp.floor(127 * jnp.sqrt(jnp.abs(r)) + u), 127) * jnp.sign(r) + 127
   else:
     # Negative values cannot occur in a second moment; 0 guards rounding of (1 - d) * g^2 + d * v.
     c = jnp.minimum(jnp.floor(255 * jnp.sqrt(jnp.sqrt(jnp.maximum(r, 0))) + u), 255)
-  return _merge(c.astype(jnp.uint8), last), scale
+  return c.astype(jnp.uint8), scale
 
 
-def _decode8(buf: Quantized8bit, cdt):
-  last, nb = buf.codes.shape[-1], buf.scale.shape[-1]
-  c = _split(buf.codes, nb, math.ceil(last / nb)).astype(cdt)
-  if buf.signed:
+def _decode8_blocks(codes, scale, k: int, signed: bool, cdt):
+  c = codes.astype(cdt)
+  if signed:
     t = (c - 127) * (1 / 127)
     r = t * jnp.abs(t)
   else:
     t = c * (1 / 255)
     t = t * t
     r = t * t
-  return _merge(r * buf.scale.astype(cdt)[..., None], last)
+  return r * _expand(scale.astype(cdt), k)
+
+
+def _encode8(x, nb: int, signed: bool):
+  """Codes and scales of ``x`` (..., last): ``nb`` blocks per row (see :func:`_encode8_blocks`)."""
+  last = x.shape[-1]
+  codes, scale = _encode8_blocks(_split(x, nb, math.ceil(last / nb)), 1, signed)
+  return _merge(codes, last), scale
+
+
+def _decode8(buf: Quantized8bit, cdt):
+  last, nb = buf.codes.shape[-1], buf.scale.shape[-1]
+  codes = _split(buf.codes, nb, math.ceil(last / nb))
+  return _merge(_decode8_blocks(codes, buf.scale, 1, buf.signed, cdt), last)
 
 
 def group_of(nb: int) -> int:
@@ -190,44 +222,104 @@ def group_of(nb: int) -> int:
   return g
 
 
-def _encode4(x, nb: int, block: int, group: int, old_scale):
-  """Packed codes and scales of ``x`` (..., last), non-negative float32, rounded as in
-  :func:`_encode8`."""
-  xb = _split(x, nb, block)
-  scale = jnp.max(xb, axis=-1)
+def view4(groups: int, block: int, group: int) -> tuple[tuple[int, ...], int]:
+  """``groups`` groups of 4-bit codes viewed as elements ``(groups, 2, m, b)`` (without its axes
+  of length 1, which XLA:CPU lays out apart from the others and copies into place): the nibble,
+  then the byte's place ``m * b`` in its group, byte ``j`` holding the group's elements ``j`` and
+  ``j + m * b``; and how many axes follow the nibble's."""
+  m, b = (1, block // 2) if group == 1 else (group // 2, block)
+  post = tuple(a for a in (m, b) if a > 1)
+  return (*((groups,) if groups > 1 else ()), 2, *post), len(post)
+
+
+def _without_nibble(view, inner: int) -> tuple[int, ...]:
+  """The codes' shape for elements ``view`` (``inner`` axes after the nibble's)."""
+  return (*view[: len(view) - inner - 1], *view[len(view) - inner :])
+
+
+def _nibble(inner: int, i):
+  """An index of the nibble axis (``inner`` axes after it)."""
+  return (Ellipsis, i, *(slice(None),) * inner)
+
+
+def _encode4_view(x, k: int, inner: int):
+  """Packed codes (``x``'s shape without the nibble axis) and scales of ``x`` (a view of
+  :func:`view4`, non-negative float32), blocks over its ``k`` trailing axes; rounded as in
+  :func:`_encode8_blocks`."""
+  axes = tuple(range(-k, 0))
+  scale = jnp.max(x, axis=axes)
   # sqrt(v / scale) to one of (q + 1) / 16, q = 0..15, rounded stochastically; from 0 up to 1/16: q = 0.
-  q = jnp.floor(16 * jnp.sqrt(xb * _inverse(scale)[..., None]) + _dither(old_scale, block)) - 1
+  q = jnp.floor(16 * jnp.sqrt(x * _expand(_inverse(scale), k)) + _dither(scale, x.shape[x.ndim - k :])) - 1
   q = jnp.where(q > 0, jnp.where(q < 15, q, 15), 0).astype(jnp.uint8)
-  # Byte k of a group of blocks holds its elements k (low nibble) and k + P (high), P half the
-  # group: decoding is then a broadcast over contiguous runs of P codes, which XLA:CPU vectorises
-  # (pairs within a 128-element block made the step 1.6x slower, neighbours slower still).
-  # (Reshapes only split or merge axes, never both at once, so that a sharded axis keeps its
-  # sharding through them.)
+  return q[_nibble(inner, 0)] | (q[_nibble(inner, 1)] << 4), scale
+
+
+def _decode4_view(codes, scale, k: int, inner: int, cdt):
+  # Both nibbles by one broadcast shift (a concatenate of the two, XLA:CPU did not fuse: it stored
+  # the codes unpacked, 2 bytes per parameter, before the step read them).
+  shifts = jnp.array((0, 4), jnp.uint8).reshape(2, *(1,) * inner)
+  q = (codes[_nibble(inner, None)] >> shifts) & 15
+  t = (q.astype(cdt) + 1) * (1 / 16)
+  return t * t * _expand(scale.astype(cdt), k)
+
+
+def _geometry4(nb: int, block: int, group: int):
+  """(element view of a row, axes after the nibble, axes a block spans) of a 4-bit row."""
+  view, inner = view4(nb // group, block, group)
+  return view, inner, _suffix(view, block)
+
+
+def _encode4(x, nb: int, block: int, group: int):
+  """Packed codes and scales of ``x`` (..., last), non-negative float32 (see :func:`view4`).
+
+  Byte k of a group of blocks holds its elements k (low nibble) and k + P (high), P half the
+  group: decoding is a broadcast over contiguous runs of P codes, which XLA:CPU vectorises (pairs
+  within a 128-element block made the step 1.6x slower, neighbours slower still). Reshapes only
+  split or merge axes, never both at once, so that a sharded axis keeps its sharding through them.
+  """
   lead = x.shape[:-1]
-  if group == 1:
-    pairs = q.reshape(*lead, nb, 2, block // 2)
-  else:
-    pairs = q.reshape(*lead, nb // group, 2, group // 2, block).reshape(*lead, nb // group, 2, group * block // 2)
-  packed = pairs[..., 0, :] | (pairs[..., 1, :] << 4)
-  return packed.reshape(*lead, nb * block // 2), scale
+  view, inner, k = _geometry4(nb, block, group)
+  codes, scale = _encode4_view(_split(x, nb // group, group * block).reshape(*lead, *view), k, inner)
+  return codes.reshape(*lead, nb * block // 2), scale.reshape(*lead, nb)
 
 
 def _decode4(buf: Quantized4bit, cdt):
-  nb = buf.scale.shape[-1]
+  nb, lead = buf.scale.shape[-1], buf.codes.shape[:-1]
   block = 2 * buf.codes.shape[-1] // nb
-  group, lead = buf.group, buf.codes.shape[:-1]
-  b = buf.codes.reshape(*lead, nb // group, group * block // 2)
-  # Both halves by one broadcast shift (a concatenate of the two, XLA:CPU did not fuse: it stored
-  # the codes unpacked, 2 bytes per parameter, before the step read them).
-  shifts = jnp.array([[0], [4]], jnp.uint8)
-  q = (b[..., None, :] >> shifts) & 15
-  if group == 1:
-    q = q.reshape(*lead, nb, 1, block)
-  else:
-    q = q.reshape(*lead, nb // group, 2, group // 2, block).reshape(*lead, nb // group, group, block)
-  t = (q.astype(cdt) + 1) * (1 / 16)
-  scale = buf.scale.astype(cdt).reshape(*lead, nb // group, group)
-  return _merge((t * t * scale[..., None]).reshape(*lead, nb, block), buf.last)
+  view, inner, k = _geometry4(nb, block, buf.group)
+  codes = buf.codes.reshape(*lead, *_without_nibble(view, inner))
+  v = _decode4_view(codes, buf.scale.reshape(*lead, *view[:-k]), k, inner, cdt)
+  return _merge(v.reshape(*lead, nb // buf.group, buf.group * block), buf.last)
+
+
+@dataclasses.dataclass(frozen=True)
+class View8:
+  """Part of an 8-bit buffer in the chunk loop's view of its rows (see ``_chunks``): ``codes``
+  ``(rows, *view)``, ``scale`` ``(rows, *view[:-k])``, blocks over the ``k`` trailing axes."""
+
+  codes: jax.Array
+  scale: jax.Array
+  signed: bool
+  k: int
+
+  @property
+  def shape(self):
+    return self.codes.shape
+
+
+@dataclasses.dataclass(frozen=True)
+class View4:
+  """Part of a 4-bit buffer in the chunk loop's view ``(rows, *view)`` (see :func:`view4`):
+  ``codes`` without the nibble axis (``inner`` axes follow it), ``scale`` ``(rows, *view[:-k])``."""
+
+  codes: jax.Array
+  scale: jax.Array
+  k: int
+  inner: int
+
+  @property
+  def shape(self):
+    return (*self.codes.shape[: -self.inner], 2, *self.codes.shape[-self.inner :])
 
 
 def _full_precision(param) -> bool:
@@ -257,11 +349,24 @@ def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool)
   return jnp.where(jnp.isnan(jnp.asarray(param)), c, c), scale
 
 
+def _suffix(view, size: int) -> int | None:
+  """How many trailing axes of ``view`` make ``size`` elements (``None``: no run of them does)."""
+  n = 1
+  for k in range(1, len(view) + 1):
+    n *= view[-k]
+    if n == size:
+      return k
+    if n > size:
+      return None
+  return None
+
+
 class Blockwise8bit:
   """The ``"8bit"`` codec (see the module docstring)."""
 
   name = "8bit"
   node_type = Quantized8bit
+  view_type = View8
 
   def create(self, param, fill: float, *, real: bool):
     if _full_precision(param):
@@ -273,25 +378,46 @@ class Blockwise8bit:
     codes, scale = _filled(param, code, float(fill) if real else 0.0, nb, block, packed=False)
     return Quantized8bit(codes=codes, scale=scale, signed=not real)
 
-  def load(self, buffer: Quantized8bit, cdt):
+  def load(self, buffer, cdt):
+    if isinstance(buffer, View8):
+      return _decode8_blocks(buffer.codes, buffer.scale, buffer.k, buffer.signed, cdt)
     return _decode8(buffer, cdt)
 
-  def store(self, x, like: Quantized8bit):
-    codes, scale = _encode8(x.astype(jnp.float32), like.scale.shape[-1], like.signed, like.scale)
+  def store(self, x, like):
+    if isinstance(like, View8):
+      codes, scale = _encode8_blocks(x.astype(jnp.float32), like.k, like.signed)
+      return View8(codes=codes, scale=scale, signed=like.signed, k=like.k)
+    codes, scale = _encode8(x.astype(jnp.float32), like.scale.shape[-1], like.signed)
     return Quantized8bit(codes=codes, scale=scale, signed=like.signed)
 
-  def shape(self, buffer: Quantized8bit):
+  def shape(self, buffer):
     return buffer.codes.shape
 
   def block(self, buffer: Quantized8bit) -> tuple[int, int]:
     nb = buffer.scale.shape[-1]
     return nb, math.ceil(buffer.codes.shape[-1] / nb)
 
-  def parts(self, buffer: Quantized8bit, rows: int):
-    return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
+  def view(self, buffer: Quantized8bit, width: int) -> tuple[int, ...] | None:
+    nb, block = self.block(buffer)
+    if nb * block != buffer.codes.shape[-1] or width % block or block == 1:
+      return None
+    # (Axes of length 1 XLA:CPU lays out apart from the others, and copies into place.)
+    return (width // block, block) if width > block else (block,)
 
-  def from_parts(self, parts, like: Quantized8bit, *, chunk_last: int | None = None):
+  def fits(self, buffer: Quantized8bit, view) -> bool:
+    nb, block = self.block(buffer)
+    return nb * block == buffer.codes.shape[-1] and _suffix(view, block) is not None
+
+  def parts(self, buffer: Quantized8bit, rows: int, view=None):
+    if view is None:
+      return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
+    k = _suffix(view, self.block(buffer)[1])
+    return [buffer.codes.reshape(rows, *view), buffer.scale.reshape(rows, *view[:-k])]
+
+  def from_parts(self, parts, like: Quantized8bit, *, chunk_last: int | None = None, view=None):
     codes, scale = parts
+    if view is not None:
+      return View8(codes=codes, scale=scale, signed=like.signed, k=_suffix(view, self.block(like)[1]))
     if chunk_last is None:  # the whole buffer again
       codes, scale = codes.reshape(like.codes.shape), scale.reshape(like.scale.shape)
     return Quantized8bit(codes=codes, scale=scale, signed=like.signed)
@@ -302,6 +428,7 @@ class Blockwise4bit:
 
   name = "4bit"
   node_type = Quantized4bit
+  view_type = View4
 
   def create(self, param, fill: float, *, real: bool):
     if not real:
@@ -314,27 +441,54 @@ class Blockwise4bit:
     codes, scale = _filled(param, 0xFF, float(fill), nb, block, packed=True)
     return Quantized4bit(codes=codes, scale=scale, last=last, group=group_of(nb))
 
-  def load(self, buffer: Quantized4bit, cdt):
+  def load(self, buffer, cdt):
+    if isinstance(buffer, View4):
+      return _decode4_view(buffer.codes, buffer.scale, buffer.k, buffer.inner, cdt)
     return _decode4(buffer, cdt)
 
-  def store(self, x, like: Quantized4bit):
+  def store(self, x, like):
+    if isinstance(like, View4):
+      codes, scale = _encode4_view(x.astype(jnp.float32), like.k, like.inner)
+      return View4(codes=codes, scale=scale, k=like.k, inner=like.inner)
     nb = like.scale.shape[-1]
-    codes, scale = _encode4(x.astype(jnp.float32), nb, 2 * like.codes.shape[-1] // nb, like.group, like.scale)
+    codes, scale = _encode4(x.astype(jnp.float32), nb, 2 * like.codes.shape[-1] // nb, like.group)
     return Quantized4bit(codes=codes, scale=scale, last=like.last, group=like.group)
 
-  def shape(self, buffer: Quantized4bit):
+  def shape(self, buffer):
     return buffer.shape
+
+  def _block4(self, buffer: Quantized4bit) -> int:
+    return 2 * buffer.codes.shape[-1] // buffer.scale.shape[-1]
 
   def block(self, buffer: Quantized4bit) -> tuple[int, int]:
     # A group of blocks is the unit: codes pair elements across it.
     nb = buffer.scale.shape[-1]
-    return nb // buffer.group, 2 * buffer.group * buffer.codes.shape[-1] // nb
+    return nb // buffer.group, buffer.group * self._block4(buffer)
 
-  def parts(self, buffer: Quantized4bit, rows: int):
-    return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
+  def view(self, buffer: Quantized4bit, width: int) -> tuple[int, ...] | None:
+    groups, length = self.block(buffer)
+    if groups * length != buffer.last or width % length:
+      return None
+    return view4(width // length, self._block4(buffer), buffer.group)[0]
 
-  def from_parts(self, parts, like: Quantized4bit, *, chunk_last: int | None = None):
+  def fits(self, buffer: Quantized4bit, view) -> bool:
+    return tuple(view) == self.view(buffer, math.prod(view))
+
+  def _inner(self, buffer: Quantized4bit, view) -> tuple[int, int]:
+    """(axes after the nibble, axes a block spans) in ``view``."""
+    return view4(2, self._block4(buffer), buffer.group)[1], _suffix(view, self._block4(buffer))
+
+  def parts(self, buffer: Quantized4bit, rows: int, view=None):
+    if view is None:
+      return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
+    inner, k = self._inner(buffer, view)
+    return [buffer.codes.reshape(rows, *_without_nibble(view, inner)), buffer.scale.reshape(rows, *view[:-k])]
+
+  def from_parts(self, parts, like: Quantized4bit, *, chunk_last: int | None = None, view=None):
     codes, scale = parts
+    if view is not None:
+      inner, k = self._inner(like, view)
+      return View4(codes=codes, scale=scale, k=k, inner=inner)
     if chunk_last is None:  # the whole buffer again
       return Quantized4bit(codes=codes.reshape(like.codes.shape), scale=scale.reshape(like.scale.shape), last=like.last, group=like.group)
     return Quantized4bit(codes=codes, scale=scale, last=chunk_last, group=like.group)

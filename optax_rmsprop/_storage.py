@@ -27,14 +27,20 @@ class Codec(Protocol):
 
   ``node_type`` is the pytree class of its buffers; ``create``/``load``/``store`` mirror the module
   functions of the same names. ``store`` receives values already clamped to float32's range, and
-  the buffer they replace (``like``). For ``_chunks``, which advances a leaf by rows of whole
-  blocks: ``block`` gives (blocks per row, block length); ``parts`` the buffer's arrays as
-  ``rows`` rows (the codes first), and ``from_parts`` a buffer from them again (a chunk's, whose
-  rows are ``chunk_last`` elements long, or with ``chunk_last=None`` the whole one like ``like``).
+  the buffer they replace (``like``).
+
+  For ``_chunks``, which advances a leaf by rows of whole blocks: ``block`` gives (blocks per row,
+  block length); ``view`` the axes a row of ``width`` elements is best cut into for the codec's
+  arithmetic (blocks as trailing axes; ``None``: none, a padded row) and ``fits`` whether it can
+  work in another codec's view; ``parts`` the buffer's arrays as ``rows`` rows (the codes first),
+  in ``view`` if given, and ``from_parts`` a buffer from them again: in ``view``, a node of
+  ``view_type`` (which ``load`` and ``store`` also take); else a chunk's, whose rows are
+  ``chunk_last`` elements long, or with ``chunk_last=None`` the whole one like ``like``.
   """
 
   name: str
   node_type: type
+  view_type: type
 
   def create(self, param, fill: float, *, real: bool) -> Any: ...
 
@@ -46,13 +52,18 @@ class Codec(Protocol):
 
   def block(self, buffer) -> tuple[int, int]: ...
 
-  def parts(self, buffer, rows: int) -> list[jax.Array]: ...
+  def view(self, buffer, width: int) -> tuple[int, ...] | None: ...
 
-  def from_parts(self, parts, like, *, chunk_last: int | None = None) -> Any: ...
+  def fits(self, buffer, view: tuple[int, ...]) -> bool: ...
+
+  def parts(self, buffer, rows: int, view: tuple[int, ...] | None = None) -> list[jax.Array]: ...
+
+  def from_parts(self, parts, like, *, chunk_last: int | None = None, view: tuple[int, ...] | None = None) -> Any: ...
 
 
 _CODECS: dict[str, Codec] = {}
 _NODE_CODECS: dict[type, Codec] = {}
+_VIEW_CODECS: dict[type, Codec] = {}
 
 
 def register_codec(codec: Codec, *aliases: str) -> None:
@@ -60,6 +71,7 @@ def register_codec(codec: Codec, *aliases: str) -> None:
   for name in (codec.name, *aliases):
     _CODECS[name.lower()] = codec
   _NODE_CODECS[codec.node_type] = codec
+  _VIEW_CODECS[codec.view_type] = codec
 
 
 def resolve_state_dtype(fn: str, state_dtype: Any):
@@ -85,8 +97,9 @@ def is_codec(spec) -> bool:
 
 
 def codec_of(buffer) -> Codec | None:
-  """The codec that made ``buffer``, or ``None`` for a plain array."""
-  return _NODE_CODECS.get(type(buffer))
+  """The codec that made ``buffer`` (a node or, inside ``_chunks``' loop, a view), or ``None``
+  for a plain array."""
+  return _NODE_CODECS.get(type(buffer)) or _VIEW_CODECS.get(type(buffer))
 
 
 def node_fields() -> list[frozenset[str]]:

@@ -133,7 +133,9 @@ def test_low_bit_state_trains_in_nnx_optimizer(family, variant, jit, state_dtype
   ref_losses, ref_final, _ = _fit(family, optax.rmsprop(lr, **kw), jit=True)
   assert np.all(np.isfinite(losses))
   assert ref_losses[-1] < 0.5 * ref_losses[0], "the reference run did learn"
-  assert abs(final - ref_final) <= 0.05 * ref_final, (final, ref_final)
+  # 4-bit codes are 6 % apart or more: the MLP with momentum ends 7.4 % above optax's float32 run,
+  # at a loss about 4000x below its first (8-bit state: within 5 % in every case).
+  assert abs(final - ref_final) <= (0.05 if state_dtype == "8bit" else 0.1) * ref_final, (final, ref_final)
   # After 200 write-backs the state is still the codec's node, about 1 byte per parameter.
   assert int(opt.step[...]) == STEPS
   nu = _nu_kernel(opt, family)
