@@ -133,33 +133,38 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
   old = [ps[1:] for ps in parts]
   parts = [[ps[0], *(jnp.zeros_like(a) for a in ps[1:])] for ps in parts]
 
+  def write(parts, piece_node, at, size):
+    """``piece_node``'s arrays written into ``parts`` at row ``at``; the token of the write."""
+    pieces = _parts(piece_node, size, view)
+    written = [jax.lax.dynamic_update_slice_in_dim(a, p.astype(a.dtype), at, 0) for a, p in zip(parts, pieces, strict=True)]
+    first = written[0]
+    token = _nonnegative(jax.lax.dynamic_slice(first, (at, *(jnp.int32(0),) * (first.ndim - 1)), (1,) * first.ndim).reshape(()))
+    return written, token
+
   def advance_chunk(start, size, parts):
     """The chunk of ``size`` rows at ``start``: every stage advanced, its buffers written."""
     start = jnp.asarray(start, jnp.int32)
-    take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)
+    take = lambda a, at=start: jax.lax.dynamic_slice_in_dim(a, at, size)
     chunk = [_node([take(ps[0]), *map(take, olds)], like, width, view) for ps, olds, like in zip(parts, old, flat, strict=True)]
-    y, new, i = take(x_rows), [], 0
-    for stage, n in zip(stages, counts, strict=True):
-      y, out = stage.advance(y, tuple(chunk[i : i + n]))
-      new.extend(out)
-      i += n
-    # The in-place writes, one after the other: the last stage's first (it reads the earlier
-    # stages' old codes, recomputing their new values, fused) and within a stage in order (a
-    # centered variance reads the old mean). A write that XLA cannot order after every read of
-    # the old values costs a copy of the whole buffer per chunk. Each write's offset depends (as
+    # Stage by stage, the in-place writes one after the other (within a stage in order: a centered
+    # variance reads the old mean), each followed by reading the chunk back as written, from
+    # which the next stage's input is computed. A write that XLA cannot order after every read
+    # of the old values costs a copy of the whole buffer per chunk; a stage reading the codes as
+    # written (one byte per element) rather than as computed keeps XLA from storing the computed
+    # codes in float32 for both of their readers. Each write's offset depends (as
     # min(start, start + t), t >= 0) on one element that the previous write stored, which orders
     # them without changing where they land.
-    order, i = [], len(parts)
-    for n in reversed(counts):
-      i -= n
-      order.extend(range(i, i + n))
-    written, token = [None] * len(parts), None
-    for k in order:
-      at = start if token is None else jnp.minimum(start, start + token)
-      pieces = _parts(new[k], size, view)
-      written[k] = [jax.lax.dynamic_update_slice_in_dim(a, p.astype(a.dtype), at, 0) for a, p in zip(parts[k], pieces, strict=True)]
-      first = written[k][0]
-      token = _nonnegative(jax.lax.dynamic_slice(first, (at, *(jnp.int32(0),) * (first.ndim - 1)), (1,) * first.ndim).reshape(()))
+    y, i, token = take(x_rows), 0, None
+    written = [None] * len(parts)
+    for stage, n in zip(stages, counts, strict=True):
+      y_new, out = stage.advance(y, tuple(chunk[i : i + n]))
+      back = []
+      for j, k in enumerate(range(i, i + n)):
+        at = start if token is None else jnp.minimum(start, start + token)
+        written[k], token = write(parts[k], out[j], at, size)
+        back.append(_node([take(a, at) for a in written[k]], flat[k], width, view))
+      y = stage.read(y, tuple(back)) if n else y_new
+      i += n
     return written
 
   if loops:
