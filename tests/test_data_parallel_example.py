@@ -2,31 +2,18 @@
 parameters, and the optimizer update compiles without collectives (8 virtual devices, in a
 subprocess because the device count is fixed when JAX starts)."""
 
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.devices import ROOT, run_on_8_devices
+
+EXAMPLE = ROOT / "examples" / "data_parallel.py"
 
 
 @pytest.mark.slow
 def test_data_parallel_example_trains_on_an_8_device_mesh():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  env.pop("JAX_ENABLE_X64", None)
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "examples" / "data_parallel.py"), "--steps", "60", "--print-every", "20"],
-      env=env,
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-  )
+  proc = run_on_8_devices(EXAMPLE, "--steps", "60", "--print-every", "20", timeout=600)
   out = proc.stdout
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert "8 devices, mesh {'data': 2, 'model': 4}" in out
@@ -45,18 +32,7 @@ def test_data_parallel_example_trains_on_an_8_device_mesh():
 
 @pytest.mark.slow
 def test_data_parallel_example_with_zero1_halves_the_state_per_device_at_equal_losses():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  env.pop("JAX_ENABLE_X64", None)
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "examples" / "data_parallel.py"), "--steps", "40", "--print-every", "20", "--zero1"],
-      env=env,
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-  )
+  proc = run_on_8_devices(EXAMPLE, "--steps", "40", "--print-every", "20", "--zero1", timeout=600)
   out = proc.stdout
   assert proc.returncode == 0, proc.stderr[-4000:]
   plain, zero1 = out.split("ZeRO-1: the same training")

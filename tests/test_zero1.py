@@ -8,11 +8,7 @@ compiled program (what it all-gathers).
 
 import json
 import math
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +17,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_rmsprop
+from tests.devices import ROOT, run_on_8_devices
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "zero1_probe.py"
 
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env.pop("JAX_ENABLE_X64", None)
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  proc = subprocess.run([sys.executable, str(PROBE)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  proc = run_on_8_devices(PROBE)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout)
 
