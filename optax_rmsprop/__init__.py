@@ -12,6 +12,7 @@ from optax_rmsprop._rmsprop import scale_by_rms as scale_by_rms
 from optax_rmsprop._rmsprop import scale_by_rss as scale_by_rss
 from optax_rmsprop._rmsprop import scale_by_stddev as scale_by_stddev
 from optax_rmsprop._rmsprop import trace as trace
+from optax_rmsprop._sharding import shard_over as shard_over
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,6 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_stddev",
+    "shard_over",
     "trace",
 ]

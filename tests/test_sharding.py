@@ -24,15 +24,12 @@ four settings.
 """
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.devices import ROOT, run_on_8_devices
+
 PROBE = ROOT / "tests" / "sharding_probe.py"
 
 pytestmark = pytest.mark.slow  # one subprocess compiling ~35 init/update pairs: ~40 s CPU
@@ -40,15 +37,7 @@ pytestmark = pytest.mark.slow  # one subprocess compiling ~35 init/update pairs:
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env.pop("JAX_ENABLE_X64", None)
-  # The worktree's package, not an installed copy.
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  proc = subprocess.run(
-      [sys.executable, str(PROBE)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
-  )
+  proc = run_on_8_devices(PROBE)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout)
 
