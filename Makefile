@@ -34,7 +34,7 @@ bench: venv
 # The documentation site, offline, warnings as errors (-E: every page re-read, so none is skipped).
 docs:
 	$(MAKE) venv EXTRAS=$(DOCS_EXTRAS)
-	$(PY) -m sphinx -E -W --keep-going -b html $(SPHINXOPTS) docs docs/_build/html
+	$(PY) -m sphinx -E -W --keep-going -b html -d docs/_build/doctrees $(SPHINXOPTS) docs docs/_build/html
 	@echo "The site: docs/_build/html/index.html"
 
 clean:
