@@ -132,7 +132,7 @@ SETTINGS = {
 
 def sharded_checkpoint(mesh, params) -> dict:
   """Saves a sharded state with Orbax and restores it into a target built from shapes, with the
-  shardings that ``jax.jit(tx.init)`` gives the state (as the README describes)."""
+  shardings that ``jax.jit(tx.init)`` gives the state (as docs/guides/sharding.md describes)."""
   tx = optax_rmsprop.rmsprop(0.01, centered=True, momentum=0.9, weight_decay=1e-3)
   with jax.set_mesh(mesh):
     state = jax.jit(tx.init)(params)

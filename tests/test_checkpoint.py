@@ -6,7 +6,7 @@ counters, weight decay's EmptyState/ScaleByScheduleState elements, a bfloat16 st
 complex and low-precision parameters, and for ``inject_hyperparams`` state whose hyperparameters
 were changed mid-run. The "fresh setting" is what a user has in a new process: a newly built
 optimizer, and a restore target made from shapes alone with ``jax.eval_shape(tx.init, ...)``.
-The README's snippet is executed too.
+The Orbax snippet of the docs (docs/guides/ecosystem.md) is executed too.
 """
 
 import pathlib
@@ -130,16 +130,19 @@ def test_resume_keeps_hyperparameters_changed_by_inject_hyperparams(tmp_path):
   assert float(resumed[1].hyperparams["momentum"]) == pytest.approx(0.3)
 
 
-def _readme_snippet(name):
-  text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-  match = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", text, re.S)
-  assert match, f"README has no '{name}' snippet"
+GUIDE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "ecosystem.md"
+
+
+def _guide_snippet(name):
+  text = GUIDE.read_text()
+  match = re.search(rf"^% snippet: {name}\b.*?\n\s*```python\n(.*?)```", text, re.S | re.M)
+  assert match, f"{GUIDE} has no '{name}' snippet"
   return match.group(1)
 
 
-def test_readme_orbax_snippet_runs_and_resumes_exactly(tmp_path, monkeypatch):
+def test_docs_orbax_snippet_runs_and_resumes_exactly(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   namespace = {}
-  exec(compile(_readme_snippet("orbax"), "README.md:orbax", "exec"), namespace)
+  exec(compile(_guide_snippet("orbax"), "docs/guides/ecosystem.md:orbax", "exec"), namespace)
   # The snippet ends with both the resumed and the uninterrupted state.
-  _assert_bit_identical(namespace["restored"], namespace["saved"], "README snippet")
+  _assert_bit_identical(namespace["restored"], namespace["saved"], "docs snippet")

@@ -383,7 +383,7 @@ def test_inf_gradient_gives_nonfinite_update_but_finite_state(kwargs):
 
 @pytest.mark.parametrize("case", ALL, ids=IDS)
 def test_apply_if_finite_skips_bad_steps_and_keeps_the_state_clean(case):
-  # The recipe in the README: wrap the optimizer; a step with a NaN or inf gradient is skipped
+  # The recipe in docs/guides/numerical_safety.md: wrap the optimizer; a step with a NaN or inf gradient is skipped
   # (zero update, inner state untouched), and training continues exactly as if it never happened.
   params = {"w": jnp.linspace(-1, 1, 6, dtype=F32).reshape(2, 3), "b": jnp.full(3, 0.5, F32)}
   good = [jax.tree.map(lambda x, k=k: jnp.sin(x * (k + 1) + k).astype(F32), params) for k in range(5)]

@@ -16,7 +16,7 @@ from tests.registry import CORE
 
 
 def np_rmsprop(grads_seq, params, *, hyper_seq=None, centered=False, nesterov=False, bias_correction=False, **hyper):
-  """The RMSProp rule of the README, step by step in float64 NumPy; returns the list of updates.
+  """The RMSProp rule of docs/guides/drop_in.md, step by step in float64 NumPy; returns the list of updates.
 
   Hyperparameters (learning_rate, decay, eps, momentum, weight_decay, initial_scale) come from
   ``hyper``, overridden per step by ``hyper_seq[t]`` when given. Per leaf and step t = 1, 2, ...:

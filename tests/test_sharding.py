@@ -124,7 +124,7 @@ def test_sharded_updates_equal_optax_on_one_device(report):
 def test_optax_rmsprop_state_is_not_sharded_like_its_parameters(report):
   """Documents the measured optax 0.2.8 behaviour described in the module docstring."""
   optax_runs = {(_label(r)): r for r in _runs(report, "optax")}
-  msg = "optax.rmsprop's sharding behaviour changed: update this test's docstring and the README"
+  msg = "optax.rmsprop's sharding behaviour changed: update this test's docstring and docs/guides/sharding.md"
   single = optax_runs["Auto/no_context/plain"]
   assert all(leaf["sharding"]["kind"] == "SingleDeviceSharding" for leaf in single["state"]), msg
   assert not single["update_keeps_state_sharding"], msg
@@ -138,7 +138,7 @@ def test_optax_rmsprop_state_is_not_sharded_like_its_parameters(report):
 
 
 def test_orbax_restores_sharded_state_with_the_shardings_of_jitted_init(report):
-  # The README's recipe for a sharded restore target: eval_shape for shapes, the compiled
+  # docs/guides/sharding.md's recipe for a sharded restore target: eval_shape for shapes, the compiled
   # init's output shardings for placement.
   for axis_type, result in report["checkpoint"].items():
     assert result["values_equal"], axis_type

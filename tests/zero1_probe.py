@@ -136,7 +136,7 @@ def orbax_round_trip(mesh, specs):
 
 
 def nnx_optimizer(state_dtype):
-  """The README's recipe: ``nnx.Optimizer``'s state placed by ``shard_over`` and kept there in the
+  """docs/guides/sharding.md's recipe: ``nnx.Optimizer``'s state placed by ``shard_over`` and kept there in the
   jitted step by a sharding constraint; 20 steps against the same run without it."""
   from flax import nnx
 
