@@ -73,7 +73,7 @@ def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int = 
 
 
 def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None):
-  """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^2), two per
+  """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^4), two per
   byte: byte k of a group of blocks (:func:`np_group`) holds its elements k (low nibble) and
   k + half the group; rows padded to whole blocks; rounded as :func:`np_encode`."""
   rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
@@ -87,7 +87,7 @@ def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None)
       scales[i, b] = a
       r = seg / a if a > 0 else np.zeros_like(seg)
       u = np_dither(a if seeds is None else seeds.reshape(-1, nb)[i, b], length)[: len(seg)] if dither else 0.5
-      q[i, b * length : b * length + len(seg)] = np.clip(np.floor(16 * np.sqrt(r) + u) - 1, 0, 15)
+      q[i, b * length : b * length + len(seg)] = np.clip(np.floor(16 * r**0.25 + u) - 1, 0, 15)
   group = np_group(nb)
   q = q.reshape(rows.shape[0], nb // group, 2, group * length // 2)
   packed = q[:, :, 0] | (q[:, :, 1] << 4)
@@ -106,7 +106,7 @@ def np_decode4(packed: np.ndarray, scales: np.ndarray, last: int):
   q = np.stack([rows & 15, rows >> 4], axis=2).reshape(rows.shape[0], -1).astype(np.float64)
   length = q.shape[1] // nb
   s = np.repeat(scales.reshape(-1, nb).astype(np.float64), length, axis=-1)
-  return (((q + 1) / 16) ** 2 * s)[:, :last].reshape(*packed.shape[:-1], last)
+  return (((q + 1) / 16) ** 4 * s)[:, :last].reshape(*packed.shape[:-1], last)
 
 
 def np_load(buf) -> np.ndarray:
@@ -171,7 +171,7 @@ def test_4bit_codes_match_numpy_transcription(shape):
   np.testing.assert_allclose(np.asarray(scale), want_scale, rtol=1e-6)
   got_q = np_decode4(np.asarray(codes), np.asarray(scale), shape[-1])
   want_q = np_decode4(want_codes, want_scale, shape[-1])
-  # A tie may round to the neighbouring level (1/16 of the block's maximum apart).
+  # A tie may round to the neighbouring level.
   assert np.mean(np.asarray(codes) == want_codes) > 0.99
   buf = _quant.Quantized4bit(codes=codes, scale=scale, last=shape[-1], group=_quant.group_of(nb))
   got = np.asarray(_quant._decode4(buf, jnp.float32))
@@ -183,17 +183,17 @@ def test_4bit_codes_match_numpy_transcription(shape):
 
 def test_4bit_map_has_no_zero_point():
   """Li, Chen & Zhu: a second moment rounded to 0 makes g / sqrt(v) blow up. Every code decodes
-  to at least 1/256 of its block's maximum; the 16 levels are ((q + 1) / 16)^2."""
+  to at least 16^-4 of its block's maximum; the 16 levels are ((q + 1) / 16)^4."""
   x = np.zeros((2, 256), np.float32)
   x[0, 0] = 1.0  # one large value, the rest 0 or tiny
   x[0, 1:] = 1e-9
-  x[1] = np.linspace(0, 1, 256) ** 2
+  x[1] = np.linspace(0, 1, 256) ** 4
   codes, scale = _quant._encode4(jnp.asarray(x), 2, 128, 2)
   got = np.asarray(_quant._decode4(_quant.Quantized4bit(codes=codes, scale=scale, last=256, group=2), jnp.float32))
   per_block_max = np.repeat(np.asarray(scale), 128, axis=-1)
-  assert np.all(got >= per_block_max / 256 * (1 - 1e-6))
+  assert np.all(got >= per_block_max / 16**4 * (1 - 1e-6))
   assert np.all(got > 0)
-  levels = np.unique(np.round(np.sqrt(got[1, 128:] / per_block_max[1, 128:]) * 16))
+  levels = np.unique(np.round((got[1, 128:] / per_block_max[1, 128:]) ** 0.25 * 16))
   assert set(levels) <= set(range(1, 17)) and len(levels) >= 8
 
 
@@ -518,18 +518,10 @@ _VARIANTS = {"plain": {}, "momentum": {"momentum": 0.9}, "centered": {"centered"
 # hidden 1536 (digits): it is also advanced in chunks (more than 2**16 elements).
 _QUALITY = [(sd, data, v, 128) for sd in CODECS for data in ("digits", "synthetic") for v in _VARIANTS]
 _QUALITY += [(sd, "digits", v, 1536) for sd in CODECS for v in _VARIANTS]
-# Known shortfall (issue 12, open): on an Intel Xeon CPU this case ended 3.01 % above the float32
-# state's loss (0.022994 against 0.022321), within 3 % on the AMD EPYC the results were measured on.
-# It still runs and reports; not strict, so that passing it again does not fail the suite.
-_MARGINAL = {("4bit", "synthetic", "centered", 128)}
-_QUALITY_PARAMS = [
-    pytest.param(*c, id="-".join(map(str, c)), marks=[pytest.mark.xfail(reason="issue 12: 3.01 % off on Intel Xeon", strict=False)] if c in _MARGINAL else [])
-    for c in _QUALITY
-]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("state_dtype, data, variant, hidden", _QUALITY_PARAMS)
+@pytest.mark.parametrize("state_dtype, data, variant, hidden", _QUALITY)
 def test_low_bit_training_quality_within_3_percent(state_dtype, data, variant, hidden):
   x, y, k = {"digits": _digits, "synthetic": _synthetic}[data]()
   ref, ref_curve = _train(x, y, hidden, k, None, **_VARIANTS[variant])
