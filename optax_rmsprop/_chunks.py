@@ -135,8 +135,16 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
 
   def write(parts, piece_node, at, size):
     """``piece_node``'s arrays written into ``parts`` at row ``at``; the token of the write."""
-    pieces = _parts(piece_node, size, view)
-    written = [jax.lax.dynamic_update_slice_in_dim(a, p.astype(a.dtype), at, 0) for a, p in zip(parts, pieces, strict=True)]
+    pieces = [p.astype(a.dtype) for a, p in zip(parts, _parts(piece_node, size, view), strict=True)]
+    # The in-place write inside a loop whose trip count (1, from a value XLA cannot fold) is
+    # not known at compile time: XLA:CPU then computes the pieces in their own fusion, which it
+    # splits over the cores, and only copies them in place in the loop. Fused into the in-place
+    # write (which XLA:CPU runs on one core), computing them took most of the step. Writing the
+    # same pieces again would change nothing.
+    floats = [p for p in pieces if jnp.issubdtype(p.dtype, jnp.inexact)]
+    trips = 1 + _nonnegative(floats[0].reshape(-1)[0]) if floats else 1
+    put = lambda _, ps: [jax.lax.dynamic_update_slice_in_dim(a, p, at, 0) for a, p in zip(ps, pieces, strict=True)]
+    written = jax.lax.fori_loop(0, trips, put, parts)
     first = written[0]
     token = _nonnegative(jax.lax.dynamic_slice(first, (at, *(jnp.int32(0),) * (first.ndim - 1)), (1,) * first.ndim).reshape(()))
     return written, token
