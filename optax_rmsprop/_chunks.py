@@ -101,7 +101,9 @@ def _node(parts, like, width: int | None, view=None):
 def _nonnegative(x):
   """An int32 >= 0 computed from ``x`` (which XLA cannot simplify to a constant)."""
   if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
-    return x.astype(jnp.int32)
+    # (Its lowest bit: a word of 4-bit codes read as an int32 may be negative, and a large ``t``
+    # would overflow ``start + t``.)
+    return (x & 1).astype(jnp.int32)
   return jnp.isnan(jnp.real(x) if jnp.iscomplexobj(x) else x).astype(jnp.int32)
 
 

@@ -16,9 +16,9 @@ parameter). Two analytic maps (no lookup table; square roots only, which XLA vec
   ``q = c - 127`` in -127..127, the scale being the block's largest magnitude: relative step
   ``2 / |q|`` (1.6 % at the top), smallest non-zero magnitude ``6.2e-5`` of the block's largest.
 
-``"4bit"``: the second moment in 4 bits, two codes per byte (byte ``k`` of a group of up to 4
-blocks holds its elements ``k`` and ``k + P``, ``P`` half the group's length), blocks of at most :data:`BLOCK4` elements (0.53 bytes per
-parameter), on a map without zero after Li, Chen & Zhu (2023): ``v = scale * ((q + 1) / 16) ** 4``
+``"4bit"``: the second moment in 4 bits, eight codes per uint32 word (bits ``4j`` to ``4j + 3``
+of word ``w`` of a row hold its element ``8w + j``: two codes per byte), blocks of at most
+:data:`BLOCK4` elements, a multiple of 8 (0.53 bytes per parameter), on a map without zero after Li, Chen & Zhu (2023): ``v = scale * ((q + 1) / 16) ** 4``
 for ``q`` in 0..15, the scale being the block's maximum. No code means 0, so a small second moment
 is never rounded to zero (which would turn ``g / sqrt(v)`` into ``g / sqrt(eps)``, their
 "zero-point problem"): it is rounded up to at least 16^-4 (1.5e-5) of the block's maximum, which
@@ -65,13 +65,13 @@ BLOCK4 = 128
 MIN_SIZE = 4096
 
 
-def blocks(last: int, most: int, *, even: bool = False) -> tuple[int, int]:
+def blocks(last: int, most: int, *, multiple: int = 1) -> tuple[int, int]:
   """(number of blocks, block length) for a row of ``last`` elements: equal blocks of at most
   ``most`` elements, the last one padded when ``last`` is not a multiple of their length
-  (``even``: the length is even, so that codes pair up into bytes)."""
+  (``multiple``: the length is a multiple of it, so that codes fill whole words)."""
   nb = max(1, math.ceil(last / most))
   block = math.ceil(last / nb)
-  return nb, block + (block % 2 if even else 0)
+  return nb, -(-block // multiple) * multiple
 
 
 def _split(x, nb: int, block: int):
@@ -116,16 +116,15 @@ class Quantized8bit:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Quantized4bit:
-  """One 4-bit buffer of non-negative values: ``codes`` (uint8, two codes per byte: the parameter's
-  shape with the last axis replaced by half its padded length) and ``scale`` (float32, the
+  """One 4-bit buffer of non-negative values: ``codes`` (uint32, eight codes per word: the
+  parameter's shape with the last axis replaced by an eighth of its padded length; bits ``4j`` to
+  ``4j + 3`` of word ``w`` of a row hold its element ``8w + j``) and ``scale`` (float32, the
   parameter's shape with the last axis replaced by its number of blocks). ``last`` (static) is the
-  parameter's last-axis length; ``group`` (static) the number of blocks whose codes share bytes:
-  byte ``k`` of a group holds its elements ``k`` and ``k + P``, ``P`` half the group's length."""
+  parameter's last-axis length."""
 
   codes: jax.Array
   scale: jax.Array
   last: int = dataclasses.field(metadata=dict(static=True))
-  group: int = dataclasses.field(metadata=dict(static=True))
 
   @property
   def shape(self):
@@ -215,85 +214,56 @@ def _decode8(buf: Quantized8bit, cdt):
   return _merge(_decode8_blocks(codes, buf.scale, 1, buf.signed, cdt), last)
 
 
-def group_of(nb: int) -> int:
-  """Blocks per group of 4-bit codes for a row of ``nb`` blocks: the largest power of two up to 4
-  that divides ``nb`` (a group of 128-element blocks is up to 512 elements, so a last axis sharded
-  in multiples of 512 keeps whole groups per shard)."""
-  g = 4
-  while nb % g:
-    g //= 2
-  return g
+def view4(width: int, block: int) -> tuple[int, ...]:
+  """A row of ``width`` elements of 4-bit blocks of ``block`` viewed as ``(width / block, block / 8,
+  8)`` (without a leading axis of length 1, which XLA:CPU lays out apart from the others and copies
+  into place): the last axis is a word's eight codes, the last two a block."""
+  return (*((width // block,) if width > block else ()), block // 8, 8)
 
 
-def view4(groups: int, block: int, group: int) -> tuple[tuple[int, ...], int]:
-  """``groups`` groups of 4-bit codes viewed as elements ``(groups, 2, m, b)`` (without its axes
-  of length 1, which XLA:CPU lays out apart from the others and copies into place): the nibble,
-  then the byte's place ``m * b`` in its group, byte ``j`` holding the group's elements ``j`` and
-  ``j + m * b``; and how many axes follow the nibble's."""
-  m, b = (1, block // 2) if group == 1 else (group // 2, block)
-  post = tuple(a for a in (m, b) if a > 1)
-  return (*((groups,) if groups > 1 else ()), 2, *post), len(post)
+_SHIFTS = tuple(range(0, 32, 4))  # a word's code j in bits 4j to 4j + 3
 
 
-def _without_nibble(view, inner: int) -> tuple[int, ...]:
-  """The codes' shape for elements ``view`` (``inner`` axes after the nibble's)."""
-  return (*view[: len(view) - inner - 1], *view[len(view) - inner :])
-
-
-def _nibble(inner: int, i):
-  """An index of the nibble axis (``inner`` axes after it)."""
-  return (Ellipsis, i, *(slice(None),) * inner)
-
-
-def _encode4_view(x, k: int, inner: int):
-  """Packed codes (``x``'s shape without the nibble axis) and scales of ``x`` (a view of
-  :func:`view4`, non-negative float32), blocks over its ``k`` trailing axes; rounded as in
+def _encode4_view(x, k: int):
+  """Words (``x``'s shape without its last axis) and scales of ``x`` (a view of :func:`view4`,
+  non-negative float32), blocks over its ``k`` trailing axes; rounded as in
   :func:`_encode8_blocks`."""
   axes = tuple(range(-k, 0))
   scale = jnp.max(x, axis=axes)
   # (v / scale)^(1/4) to one of (q + 1) / 16, q = 0..15, rounded stochastically; from 0 up to 1/16: q = 0.
   q = jnp.floor(16 * jnp.sqrt(jnp.sqrt(x * _expand(_inverse(scale), k))) + _dither(scale, x.shape[x.ndim - k :])) - 1
-  q = jnp.where(q > 0, jnp.where(q < 15, q, 15), 0).astype(jnp.uint8)
-  return q[_nibble(inner, 0)] | (q[_nibble(inner, 1)] << 4), scale
+  q = jnp.where(q > 0, jnp.where(q < 15, q, 15), 0).astype(jnp.uint32)
+  words = q[..., 0]
+  for j, shift in enumerate(_SHIFTS[1:], 1):
+    words = words | (q[..., j] << shift)
+  return words, scale
 
 
-def _decode4_view(codes, scale, k: int, inner: int, cdt):
-  # Both nibbles by one broadcast shift (a concatenate of the two, XLA:CPU did not fuse: it stored
-  # the codes unpacked, 2 bytes per parameter, before the step read them).
-  shifts = jnp.array((0, 4), jnp.uint8).reshape(2, *(1,) * inner)
-  q = (codes[_nibble(inner, None)] >> shifts) & 15
+def _decode4_view(words, scale, k: int, cdt):
+  # Each element reads its word (the same word for eight neighbours) and shifts it by its place:
+  # over the parameter's flat shape (the step's output, fused into the user's update of the
+  # parameters) XLA:CPU then loads one word per eight lanes and vectorises. Codes paired further
+  # apart (byte k: elements k and k + 256) it loaded one byte per lane, 1.7x slower.
+  q = (words[..., None] >> jnp.array(_SHIFTS, jnp.uint32)) & 15
   t = (q.astype(cdt) + 1) * (1 / 16)
   t = t * t
   return t * t * _expand(scale.astype(cdt), k)
 
 
-def _geometry4(nb: int, block: int, group: int):
-  """(element view of a row, axes after the nibble, axes a block spans) of a 4-bit row."""
-  view, inner = view4(nb // group, block, group)
-  return view, inner, _suffix(view, block)
-
-
-def _encode4(x, nb: int, block: int, group: int):
-  """Packed codes and scales of ``x`` (..., last), non-negative float32 (see :func:`view4`).
-
-  Byte k of a group of blocks holds its elements k (low nibble) and k + P (high), P half the
-  group: decoding is a broadcast over contiguous runs of P codes, which XLA:CPU vectorises (pairs
-  within a 128-element block made the step 1.6x slower, neighbours slower still). Reshapes only
-  split or merge axes, never both at once, so that a sharded axis keeps its sharding through them.
-  """
+def _encode4(x, nb: int, block: int):
+  """Words and scales of ``x`` (..., last), non-negative float32, ``nb`` blocks of ``block`` per
+  row (see :class:`Quantized4bit`). Reshapes only split or merge axes, never both at once, so
+  that a sharded axis keeps its sharding through them."""
   lead = x.shape[:-1]
-  view, inner, k = _geometry4(nb, block, group)
-  codes, scale = _encode4_view(_split(x, nb // group, group * block).reshape(*lead, *view), k, inner)
-  return codes.reshape(*lead, nb * block // 2), scale.reshape(*lead, nb)
+  words, scale = _encode4_view(_split(x, nb, block).reshape(*lead, nb, block // 8, 8), 2)
+  return words.reshape(*lead, nb * block // 8), scale
 
 
 def _decode4(buf: Quantized4bit, cdt):
   nb, lead = buf.scale.shape[-1], buf.codes.shape[:-1]
-  block = 2 * buf.codes.shape[-1] // nb
-  view, inner, k = _geometry4(nb, block, buf.group)
-  codes = buf.codes.reshape(*lead, *_without_nibble(view, inner))
-  v = _decode4_view(codes, buf.scale.reshape(*lead, *view[:-k]), k, inner, cdt)
-  return _merge(v.reshape(*lead, nb // buf.group, buf.group * block), buf.last)
+  words = buf.codes.reshape(*lead, nb, buf.codes.shape[-1] // nb)
+  v = _decode4_view(words, buf.scale, 2, cdt)
+  return _merge(v.reshape(*lead, nb, -1), buf.last)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,21 +284,22 @@ class View8:
 @dataclasses.dataclass(frozen=True)
 class View4:
   """Part of a 4-bit buffer in the chunk loop's view ``(rows, *view)`` (see :func:`view4`):
-  ``codes`` without the nibble axis (``inner`` axes follow it), ``scale`` ``(rows, *view[:-k])``."""
+  ``codes`` ``(rows, *view[:-1])`` (words), ``scale`` ``(rows, *view[:-k])``."""
 
   codes: jax.Array
   scale: jax.Array
   k: int
-  inner: int
 
   @property
   def shape(self):
-    return (*self.codes.shape[: -self.inner], 2, *self.codes.shape[-self.inner :])
+    return (*self.codes.shape, 8)
 
 
-def _full_precision(param) -> bool:
-  """Small or complex buffers stay in full precision (their bytes are negligible, or codes do not fit)."""
-  return jnp.issubdtype(jnp.result_type(param), jnp.complexfloating) or math.prod(jnp.shape(param)) < MIN_SIZE
+def _full_precision(param, *, row: int = 1) -> bool:
+  """Small or complex buffers stay in full precision (their bytes are negligible, or codes do not
+  fit), as do those whose rows are shorter than ``row`` elements (a 4-bit row pads to 8 codes)."""
+  shape = jnp.shape(param)
+  return jnp.issubdtype(jnp.result_type(param), jnp.complexfloating) or math.prod(shape) < MIN_SIZE or shape[-1] < row
 
 
 def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool):
@@ -337,19 +308,19 @@ def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool)
   ``code`` and every scale ``fill``. From an array ``param`` they are computed from it elementwise
   (and by slicing), so that under jit they take its sharding (see ``_storage._like_param``)."""
   shape = jnp.shape(param)
-  code_shape = (*shape[:-1], nb * block // 2) if packed else shape
+  code_shape = (*shape[:-1], nb * block // 8) if packed else shape
   scale_shape = (*shape[:-1], nb)
-  c, v = jnp.uint8(code), jnp.float32(fill)
+  c, v = (jnp.uint32 if packed else jnp.uint8)(code), jnp.float32(fill)
   if not isinstance(param, (jax.Array, jax.core.Tracer)) and not hasattr(param, "__array__"):
     # An abstract leaf (jax.ShapeDtypeStruct): its sharding fits only a buffer of its shape.
     sharding = getattr(param, "sharding", None)
-    codes = jnp.full(code_shape, c, jnp.uint8, device=None if packed else sharding)
+    codes = jnp.full(code_shape, c, c.dtype, device=None if packed else sharding)
     return codes, jnp.full(scale_shape, v, jnp.float32)
   probe = _split(jnp.isnan(jnp.asarray(param)), nb, block)
   first = probe[..., 0]
   scale = jnp.where(first, v, v)
   if packed:
-    return jnp.where(probe[..., : block // 2], c, c).reshape(code_shape), scale
+    return jnp.where(probe[..., : block // 8], c, c).reshape(code_shape), scale
   return jnp.where(jnp.isnan(jnp.asarray(param)), c, c), scale
 
 
@@ -437,65 +408,56 @@ class Blockwise4bit:
   def create(self, param, fill: float, *, real: bool):
     if not real:
       return _EIGHT.create(param, fill, real=real)
-    if _full_precision(param):
+    if _full_precision(param, row=8):
       return _storage.create(param, fill, jnp.dtype(_storage.compute_dtype(jnp.result_type(param))), real=real)
     last = jnp.shape(param)[-1]
-    nb, block = blocks(last, BLOCK4, even=True)
-    # q = 15 (both nibbles) is the block's maximum, the fill itself; any code of a zero scale is 0.
-    codes, scale = _filled(param, 0xFF, float(fill), nb, block, packed=True)
-    return Quantized4bit(codes=codes, scale=scale, last=last, group=group_of(nb))
+    nb, block = blocks(last, BLOCK4, multiple=8)
+    # q = 15 (every code of the word) is the block's maximum, the fill itself; any code of a zero scale is 0.
+    codes, scale = _filled(param, 0xFFFFFFFF, float(fill), nb, block, packed=True)
+    return Quantized4bit(codes=codes, scale=scale, last=last)
 
   def load(self, buffer, cdt):
     if isinstance(buffer, View4):
-      return _decode4_view(buffer.codes, buffer.scale, buffer.k, buffer.inner, cdt)
+      return _decode4_view(buffer.codes, buffer.scale, buffer.k, cdt)
     return _decode4(buffer, cdt)
 
   def store(self, x, like):
     if isinstance(like, View4):
-      codes, scale = _encode4_view(x.astype(jnp.float32), like.k, like.inner)
-      return View4(codes=codes, scale=scale, k=like.k, inner=like.inner)
+      codes, scale = _encode4_view(x.astype(jnp.float32), like.k)
+      return View4(codes=codes, scale=scale, k=like.k)
     nb = like.scale.shape[-1]
-    codes, scale = _encode4(x.astype(jnp.float32), nb, 2 * like.codes.shape[-1] // nb, like.group)
-    return Quantized4bit(codes=codes, scale=scale, last=like.last, group=like.group)
+    codes, scale = _encode4(x.astype(jnp.float32), nb, 8 * like.codes.shape[-1] // nb)
+    return Quantized4bit(codes=codes, scale=scale, last=like.last)
 
   def shape(self, buffer):
     return buffer.shape
 
-  def _block4(self, buffer: Quantized4bit) -> int:
-    return 2 * buffer.codes.shape[-1] // buffer.scale.shape[-1]
-
   def block(self, buffer: Quantized4bit) -> tuple[int, int]:
-    # A group of blocks is the unit: codes pair elements across it.
     nb = buffer.scale.shape[-1]
-    return nb // buffer.group, buffer.group * self._block4(buffer)
+    return nb, 8 * buffer.codes.shape[-1] // nb
 
   def view(self, buffer: Quantized4bit, width: int) -> tuple[int, ...] | None:
-    groups, length = self.block(buffer)
-    if groups * length != buffer.last or width % length:
+    nb, block = self.block(buffer)
+    if nb * block != buffer.last or width % block:
       return None
-    return view4(width // length, self._block4(buffer), buffer.group)[0]
+    return view4(width, block)
 
   def fits(self, buffer: Quantized4bit, view) -> bool:
     return tuple(view) == self.view(buffer, math.prod(view))
 
-  def _inner(self, buffer: Quantized4bit, view) -> tuple[int, int]:
-    """(axes after the nibble, axes a block spans) in ``view``."""
-    return view4(2, self._block4(buffer), buffer.group)[1], _suffix(view, self._block4(buffer))
-
   def parts(self, buffer: Quantized4bit, rows: int, view=None):
     if view is None:
       return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
-    inner, k = self._inner(buffer, view)
-    return [buffer.codes.reshape(rows, *_without_nibble(view, inner)), buffer.scale.reshape(rows, *view[:-k])]
+    k = _suffix(view, self.block(buffer)[1])
+    return [buffer.codes.reshape(rows, *view[:-1]), buffer.scale.reshape(rows, *view[:-k])]
 
   def from_parts(self, parts, like: Quantized4bit, *, chunk_last: int | None = None, view=None):
     codes, scale = parts
     if view is not None:
-      inner, k = self._inner(like, view)
-      return View4(codes=codes, scale=scale, k=k, inner=inner)
+      return View4(codes=codes, scale=scale, k=_suffix(view, self.block(like)[1]))
     if chunk_last is None:  # the whole buffer again
-      return Quantized4bit(codes=codes.reshape(like.codes.shape), scale=scale.reshape(like.scale.shape), last=like.last, group=like.group)
-    return Quantized4bit(codes=codes, scale=scale, last=chunk_last, group=like.group)
+      return Quantized4bit(codes=codes.reshape(like.codes.shape), scale=scale.reshape(like.scale.shape), last=like.last)
+    return Quantized4bit(codes=codes, scale=scale, last=chunk_last)
 
 
 _EIGHT = Blockwise8bit()

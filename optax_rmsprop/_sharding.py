@@ -72,15 +72,14 @@ def _array(x, mesh: Mesh, axis: str, fallback=None):
 
 def _node(node, mesh: Mesh, axis: str, fallback=None):
   """Shardings for a codec node's codes and scales, split on the same dimension: a leading one,
-  or the last one where each device then holds whole blocks (4-bit: whole groups of blocks,
-  whose codes share bytes)."""
+  or the last one where each device then holds whole blocks."""
   codec = _storage.codec_of(node)
   shape = tuple(node.codes.shape)
   # A parameter's sharding, where the node's arrays carry none: the codes and scales take it (as
   # ``jax.jit(tx.init)`` gives them).
   spec_c, spec_s = _spec(node.codes, len(shape), fallback), _spec(node.scale, len(shape), fallback)
   if not _uses(spec_c, axis) and not _uses(spec_s, axis):
-    units = codec.block(node)[0]  # blocks (4-bit: groups of blocks) per row
+    units = codec.block(node)[0]  # blocks per row
     padded = math.prod(codec.block(node)) != codec.shape(node)[-1]
 
     def whole(d):

@@ -17,10 +17,10 @@ from optax_rmsprop import _quant
 # An independent NumPy transcription of the documented code maps (module docstring of _quant).
 
 
-def np_blocks(last: int, most: int, even: bool = False):
+def np_blocks(last: int, most: int, multiple: int = 1):
   nb = -(-last // most)
   block = -(-last // nb)
-  return nb, block + (block % 2 if even else 0)
+  return nb, -(-block // multiple) * multiple
 
 
 def np_dither(scale: float, length: int) -> np.ndarray:
@@ -73,12 +73,12 @@ def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int = 
 
 
 def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None):
-  """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^4), two per
-  byte: byte k of a group of blocks (:func:`np_group`) holds its elements k (low nibble) and
-  k + half the group; rows padded to whole blocks; rounded as :func:`np_encode`."""
+  """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^4), eight per
+  uint32 word: bits 4j..4j+3 of word w of a row hold element 8w + j; blocks a multiple of 8 long,
+  rows padded to whole blocks; rounded as :func:`np_encode`."""
   rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
-  nb, length = np_blocks(rows.shape[1], block, even=True)
-  q = np.zeros((rows.shape[0], nb * length), np.uint8)
+  nb, length = np_blocks(rows.shape[1], block, multiple=8)
+  q = np.zeros((rows.shape[0], nb * length), np.uint32)
   scales = np.zeros((rows.shape[0], nb), np.float32)
   for i, row in enumerate(rows):
     for b in range(nb):
@@ -88,25 +88,20 @@ def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None)
       r = seg / a if a > 0 else np.zeros_like(seg)
       u = np_dither(a if seeds is None else seeds.reshape(-1, nb)[i, b], length)[: len(seg)] if dither else 0.5
       q[i, b * length : b * length + len(seg)] = np.clip(np.floor(16 * r**0.25 + u) - 1, 0, 15)
-  group = np_group(nb)
-  q = q.reshape(rows.shape[0], nb // group, 2, group * length // 2)
-  packed = q[:, :, 0] | (q[:, :, 1] << 4)
-  return packed.reshape(*x.shape[:-1], -1), scales.reshape(*x.shape[:-1], nb)
+  words = (q.reshape(rows.shape[0], -1, 8) << (4 * np.arange(8, dtype=np.uint32))).sum(axis=-1, dtype=np.uint32)
+  return words.reshape(*x.shape[:-1], -1), scales.reshape(*x.shape[:-1], nb)
 
 
-def np_group(nb: int) -> int:
-  """Blocks whose codes share bytes: the largest power of two <= 4 dividing the row's blocks."""
-  return max(g for g in (1, 2, 4) if nb % g == 0)
+def np_unpack4(words: np.ndarray) -> np.ndarray:
+  """The codes of :func:`np_encode4`'s words, one per element (padding included)."""
+  return ((words[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(*words.shape[:-1], -1)
 
 
-def np_decode4(packed: np.ndarray, scales: np.ndarray, last: int):
+def np_decode4(words: np.ndarray, scales: np.ndarray, last: int):
   nb = scales.shape[-1]
-  group = np_group(nb)
-  rows = packed.reshape(-1, nb // group, packed.shape[-1] * group // nb)
-  q = np.stack([rows & 15, rows >> 4], axis=2).reshape(rows.shape[0], -1).astype(np.float64)
-  length = q.shape[1] // nb
-  s = np.repeat(scales.reshape(-1, nb).astype(np.float64), length, axis=-1)
-  return (((q + 1) / 16) ** 4 * s)[:, :last].reshape(*packed.shape[:-1], last)
+  q = np_unpack4(words).astype(np.float64)
+  s = np.repeat(scales.astype(np.float64), q.shape[-1] // nb, axis=-1)
+  return (((q + 1) / 16) ** 4 * s)[..., :last]
 
 
 def np_load(buf) -> np.ndarray:
@@ -165,20 +160,19 @@ def test_4bit_codes_match_numpy_transcription(shape):
   rng = np.random.default_rng(1)
   x = (rng.standard_normal(shape) ** 2).astype(np.float32)
   x *= np.logspace(-3, 3, x.shape[0], dtype=np.float32).reshape(-1, *([1] * (x.ndim - 1))) if x.ndim > 1 else 1
-  nb, block = _quant.blocks(shape[-1], _quant.BLOCK4, even=True)
-  codes, scale = _quant._encode4(jnp.asarray(x), nb, block, _quant.group_of(nb))
+  nb, block = _quant.blocks(shape[-1], _quant.BLOCK4, multiple=8)
+  codes, scale = _quant._encode4(jnp.asarray(x), nb, block)
   want_codes, want_scale = np_encode4(x)
   np.testing.assert_allclose(np.asarray(scale), want_scale, rtol=1e-6)
   got_q = np_decode4(np.asarray(codes), np.asarray(scale), shape[-1])
   want_q = np_decode4(want_codes, want_scale, shape[-1])
   # A tie may round to the neighbouring level.
-  assert np.mean(np.asarray(codes) == want_codes) > 0.99
-  buf = _quant.Quantized4bit(codes=codes, scale=scale, last=shape[-1], group=_quant.group_of(nb))
+  assert np.mean(np_unpack4(np.asarray(codes)) == np_unpack4(want_codes)) > 0.99
+  buf = _quant.Quantized4bit(codes=codes, scale=scale, last=shape[-1])
   got = np.asarray(_quant._decode4(buf, jnp.float32))
   np.testing.assert_allclose(got, got_q, rtol=1e-6)
-  close = np.asarray(codes) == want_codes
-  assert np.mean(close) > 0.99 and np.allclose(got_q.ravel()[: want_q.size][np.isclose(got_q, want_q).ravel()], want_q.ravel()[np.isclose(got_q, want_q).ravel()])
-  assert codes.dtype == jnp.uint8 and codes.shape == (*shape[:-1], nb * block // 2)
+  assert np.mean(np.isclose(got_q, want_q, rtol=1e-6)) > 0.99
+  assert codes.dtype == jnp.uint32 and codes.shape == (*shape[:-1], nb * block // 8)
 
 
 def test_4bit_map_has_no_zero_point():
@@ -188,8 +182,8 @@ def test_4bit_map_has_no_zero_point():
   x[0, 0] = 1.0  # one large value, the rest 0 or tiny
   x[0, 1:] = 1e-9
   x[1] = np.linspace(0, 1, 256) ** 4
-  codes, scale = _quant._encode4(jnp.asarray(x), 2, 128, 2)
-  got = np.asarray(_quant._decode4(_quant.Quantized4bit(codes=codes, scale=scale, last=256, group=2), jnp.float32))
+  codes, scale = _quant._encode4(jnp.asarray(x), 2, 128)
+  got = np.asarray(_quant._decode4(_quant.Quantized4bit(codes=codes, scale=scale, last=256), jnp.float32))
   per_block_max = np.repeat(np.asarray(scale), 128, axis=-1)
   assert np.all(got >= per_block_max / 16**4 * (1 - 1e-6))
   assert np.all(got > 0)
@@ -354,7 +348,7 @@ def np_low_bit_step(g, bufs, lr, decay, eps, centered, momentum, seeds):
   the caller checks against the transcription's)."""
   g = g.astype(np.float64)
   store = lambda x, k: np_store(x, bufs[k], seeds[k])
-  like = lambda k, cs: type(bufs[k])(codes=cs[0], scale=cs[1], **({"last": bufs[k].last, "group": bufs[k].group} if isinstance(bufs[k], _quant.Quantized4bit) else {"signed": bufs[k].signed}))
+  like = lambda k, cs: type(bufs[k])(codes=cs[0], scale=cs[1], **({"last": bufs[k].last} if isinstance(bufs[k], _quant.Quantized4bit) else {"signed": bufs[k].signed}))
   if centered:
     # Centered, the nu buffer holds the variance: var <- d var + d (1 - d) (g - mu)^2.
     mu_old = np_load(bufs["mu"])
@@ -400,12 +394,9 @@ def test_step_matches_numpy_transcription(state_dtype, kw, shape):
       same_scale = np.isclose(np.asarray(got.scale), scale, rtol=2e-5)
       assert np.mean(same_scale) > 0.98, (k, t, np.mean(same_scale))
       np.testing.assert_allclose(np.asarray(got.scale), scale, rtol=0.03, err_msg=k)
-      same = np.asarray(got.codes) == codes
+      unpack = np_unpack4 if isinstance(got, _quant.Quantized4bit) else np.asarray
+      same = unpack(np.asarray(got.codes)) == unpack(codes)
       assert np.mean(same) > 0.995, (k, t, np.mean(same))
-      if isinstance(got, _quant.Quantized4bit):  # byte k of a group: elements k and k + half of it
-        nb = scale.shape[-1]
-        b = same.reshape(*same.shape[:-1], nb // got.group, -1)
-        same = np.stack([b, b], axis=-2).reshape(*same.shape[:-1], -1)
       length = same.shape[-1] // scale.shape[-1] if same.shape[-1] % scale.shape[-1] == 0 else -(-shape[-1] // scale.shape[-1])
       same &= np.repeat(same_scale, length, axis=-1)[..., : same.shape[-1]]
       agree &= same[..., : shape[-1]]

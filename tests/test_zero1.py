@@ -103,17 +103,17 @@ def test_counts_and_scalars_stay_replicated_and_shapes_decide_the_dimension():
 
 
 def test_low_bit_last_axis_is_split_only_in_whole_blocks():
-  # A 4-device axis over a row of 2 blocks of 256 (4-bit: one group of 4 blocks of 128) cannot
-  # give whole blocks: the leading axis it is.
+  # A 4-device axis over a row of 1 block of 256 (4-bit: 2 blocks of 128) cannot give whole
+  # blocks: the leading axis it is.
   mesh = jax.sharding.AbstractMesh((4,), ("data",))
   for sd in ("8bit", "4bit"):
     tx = optax_rmsprop.rmsprop(1e-3, state_dtype=sd)
-    nu = jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((16, 512), jnp.float32)})[0].nu["w"]
+    nu = jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((16, 256), jnp.float32)})[0].nu["w"]
     got = optax_rmsprop.shard_over((nu,), mesh, "data")[0]
     assert got.codes.spec == P("data") and got.scale.spec == P("data"), (sd, got)
     wide = jax.eval_shape(tx.init, {"w": jax.ShapeDtypeStruct((3, 4096), jnp.float32)})[0].nu["w"]
     got = optax_rmsprop.shard_over((wide,), mesh, "data")[0]
-    # 16 blocks of 256 (8-bit) or 8 groups of 4 blocks of 128 (4-bit) per row: 4 shards of whole ones.
+    # 16 blocks of 256 (8-bit) or 32 blocks of 128 (4-bit) per row: 4 shards of whole ones.
     assert got.codes.spec == P(None, "data") and got.scale.spec == P(None, "data"), (sd, got)
 
 
