@@ -337,6 +337,15 @@ def test_small_and_complex_buffers_stay_full_precision(state_dtype):
     assert _is_node(tree["f64"])  # float64 parameters are quantized too (computed in float64)
 
 
+def test_4bit_rows_shorter_than_a_word_stay_full_precision():
+  """A 4-bit row pads to whole words of 8 codes plus a scale: rows of 7 or fewer elements would
+  cost more than float32 (a row of 1: 8 bytes). They stay float32; rows of 8 are codes."""
+  params = {"narrow": jnp.ones((8192, 7), jnp.float32), "word": jnp.ones((8192, 8), jnp.float32)}
+  nu = optax.tree_utils.tree_get(optax_rmsprop.rmsprop(1e-3, state_dtype="4bit").init(params), "nu")
+  assert nu["narrow"].dtype == jnp.float32 and nu["narrow"].shape == (8192, 7)
+  assert isinstance(nu["word"], _quant.Quantized4bit) and _nbytes(nu["word"]) / 8192 / 8 == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # The step against a NumPy transcription of the low-bit rule, one step at a time from our state.
 
