@@ -18,7 +18,8 @@ parameter). Two analytic maps (no lookup table; square roots only, which XLA vec
 
 ``"4bit"``: the second moment in 4 bits, eight codes per uint32 word (bits ``4j`` to ``4j + 3``
 of word ``w`` of a row hold its element ``8w + j``: two codes per byte), blocks of at most
-:data:`BLOCK4` elements, a multiple of 8 (0.53 bytes per parameter), on a map without zero after Li, Chen & Zhu (2023): ``v = scale * ((q + 1) / 16) ** 4``
+:data:`BLOCK4` elements, a multiple of 8 (0.53 bytes per parameter; rows shorter than 8 stay in
+full precision), on a map without zero after Li, Chen & Zhu (2023): ``v = scale * ((q + 1) / 16) ** 4``
 for ``q`` in 0..15, the scale being the block's maximum. No code means 0, so a small second moment
 is never rounded to zero (which would turn ``g / sqrt(v)`` into ``g / sqrt(eps)``, their
 "zero-point problem"): it is rounded up to at least 16^-4 (1.5e-5) of the block's maximum, which

@@ -931,7 +931,8 @@ def rmsprop(
       and Keras use low-precision state, with ``nu`` floored by a bound the exact value satisfies
       (``(1 - decay)|g|^2``; centered ``|mu|^2 + (1 - decay) / decay |g - mu|^2``); float16
       state, whose range ordinary gradients overflow, is used unrounded. Low-bit buffers of
-      parameters with fewer than 4096 elements, or complex ones, stay in full precision; centered,
+      parameters with fewer than 4096 elements, or complex ones, stay in full precision (4-bit
+      ones too where rows are shorter than 8 elements); centered,
       a low-bit ``nu`` buffer holds the variance ``nu - |mu|^2`` (whose codes would otherwise
       round it away); large leaves are updated in chunks so that the step's temporaries stay a
       fraction of a byte per parameter.
