@@ -63,6 +63,7 @@ from optax_rmsprop import _storage
 
 BLOCK8 = 256
 BLOCK4 = 128
+WORD = 8  # 4-bit codes per uint32 word
 MIN_SIZE = 4096
 
 
@@ -219,10 +220,10 @@ def view4(width: int, block: int) -> tuple[int, ...]:
   """A row of ``width`` elements of 4-bit blocks of ``block`` viewed as ``(width / block, block / 8,
   8)`` (without a leading axis of length 1, which XLA:CPU lays out apart from the others and copies
   into place): the last axis is a word's eight codes, the last two a block."""
-  return (*((width // block,) if width > block else ()), block // 8, 8)
+  return (*((width // block,) if width > block else ()), block // WORD, WORD)
 
 
-_SHIFTS = tuple(range(0, 32, 4))  # a word's code j in bits 4j to 4j + 3
+_SHIFTS = tuple(range(0, 4 * WORD, 4))  # a word's code j in bits 4j to 4j + 3
 
 
 def _encode4_view(x, k: int):
@@ -256,8 +257,8 @@ def _encode4(x, nb: int, block: int):
   row (see :class:`Quantized4bit`). Reshapes only split or merge axes, never both at once, so
   that a sharded axis keeps its sharding through them."""
   lead = x.shape[:-1]
-  words, scale = _encode4_view(_split(x, nb, block).reshape(*lead, nb, block // 8, 8), 2)
-  return words.reshape(*lead, nb * block // 8), scale
+  words, scale = _encode4_view(_split(x, nb, block).reshape(*lead, nb, block // WORD, WORD), 2)
+  return words.reshape(*lead, nb * block // WORD), scale
 
 
 def _decode4(buf: Quantized4bit, cdt):
@@ -293,7 +294,7 @@ class View4:
 
   @property
   def shape(self):
-    return (*self.codes.shape, 8)
+    return (*self.codes.shape, WORD)
 
 
 def _full_precision(param, *, row: int = 1) -> bool:
@@ -309,7 +310,7 @@ def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool)
   ``code`` and every scale ``fill``. From an array ``param`` they are computed from it elementwise
   (and by slicing), so that under jit they take its sharding (see ``_storage._like_param``)."""
   shape = jnp.shape(param)
-  code_shape = (*shape[:-1], nb * block // 8) if packed else shape
+  code_shape = (*shape[:-1], nb * block // WORD) if packed else shape
   scale_shape = (*shape[:-1], nb)
   c, v = (jnp.uint32 if packed else jnp.uint8)(code), jnp.float32(fill)
   if not isinstance(param, (jax.Array, jax.core.Tracer)) and not hasattr(param, "__array__"):
@@ -321,7 +322,7 @@ def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool)
   first = probe[..., 0]
   scale = jnp.where(first, v, v)
   if packed:
-    return jnp.where(probe[..., : block // 8], c, c).reshape(code_shape), scale
+    return jnp.where(probe[..., : block // WORD], c, c).reshape(code_shape), scale
   return jnp.where(jnp.isnan(jnp.asarray(param)), c, c), scale
 
 
@@ -409,10 +410,10 @@ class Blockwise4bit:
   def create(self, param, fill: float, *, real: bool):
     if not real:
       return _EIGHT.create(param, fill, real=real)
-    if _full_precision(param, row=8):
+    if _full_precision(param, row=WORD):
       return _storage.create(param, fill, jnp.dtype(_storage.compute_dtype(jnp.result_type(param))), real=real)
     last = jnp.shape(param)[-1]
-    nb, block = blocks(last, BLOCK4, multiple=8)
+    nb, block = blocks(last, BLOCK4, multiple=WORD)
     # q = 15 (every code of the word) is the block's maximum, the fill itself; any code of a zero scale is 0.
     codes, scale = _filled(param, 0xFFFFFFFF, float(fill), nb, block, packed=True)
     return Quantized4bit(codes=codes, scale=scale, last=last)
@@ -427,7 +428,7 @@ class Blockwise4bit:
       codes, scale = _encode4_view(x.astype(jnp.float32), like.k)
       return View4(codes=codes, scale=scale, k=like.k)
     nb = like.scale.shape[-1]
-    codes, scale = _encode4(x.astype(jnp.float32), nb, 8 * like.codes.shape[-1] // nb)
+    codes, scale = _encode4(x.astype(jnp.float32), nb, WORD * like.codes.shape[-1] // nb)
     return Quantized4bit(codes=codes, scale=scale, last=like.last)
 
   def shape(self, buffer):
@@ -435,7 +436,7 @@ class Blockwise4bit:
 
   def block(self, buffer: Quantized4bit) -> tuple[int, int]:
     nb = buffer.scale.shape[-1]
-    return nb, 8 * buffer.codes.shape[-1] // nb
+    return nb, WORD * buffer.codes.shape[-1] // nb
 
   def view(self, buffer: Quantized4bit, width: int) -> tuple[int, ...] | None:
     nb, block = self.block(buffer)
