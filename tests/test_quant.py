@@ -4,6 +4,8 @@ tree_get), block boundaries, and training quality against float32 state."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,8 +76,8 @@ def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int = 
 
 def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None):
   """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^4), eight per
-  uint32 word: bits 4j..4j+3 of word w of a row hold element 8w + j; blocks a multiple of 8 long,
-  rows padded to whole blocks; rounded as :func:`np_encode`."""
+  uint32 word: a block of L elements (L a multiple of 8) has L / 8 words, bits 4j..4j+3 of its word
+  w hold its element j * L / 8 + w; rows padded to whole blocks; rounded as :func:`np_encode`."""
   rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
   nb, length = np_blocks(rows.shape[1], block, multiple=8)
   q = np.zeros((rows.shape[0], nb * length), np.uint32)
@@ -88,18 +90,21 @@ def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None)
       r = seg / a if a > 0 else np.zeros_like(seg)
       u = np_dither(a if seeds is None else seeds.reshape(-1, nb)[i, b], length)[: len(seg)] if dither else 0.5
       q[i, b * length : b * length + len(seg)] = np.clip(np.floor(16 * r**0.25 + u) - 1, 0, 15)
-  words = (q.reshape(rows.shape[0], -1, 8) << (4 * np.arange(8, dtype=np.uint32))).sum(axis=-1, dtype=np.uint32)
+  runs = q.reshape(rows.shape[0], nb, 8, length // 8)
+  words = (runs << (4 * np.arange(8, dtype=np.uint32))[:, None]).sum(axis=-2, dtype=np.uint32)
   return words.reshape(*x.shape[:-1], -1), scales.reshape(*x.shape[:-1], nb)
 
 
-def np_unpack4(words: np.ndarray) -> np.ndarray:
-  """The codes of :func:`np_encode4`'s words, one per element (padding included)."""
-  return ((words[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(*words.shape[:-1], -1)
+def np_unpack4(words: np.ndarray, nb: int) -> np.ndarray:
+  """The codes of :func:`np_encode4`'s words (``nb`` blocks per row), one per element (padding
+  included)."""
+  runs = words.reshape(*words.shape[:-1], nb, 1, -1)
+  return ((runs >> (4 * np.arange(8, dtype=np.uint32))[:, None]) & 15).reshape(*words.shape[:-1], -1)
 
 
 def np_decode4(words: np.ndarray, scales: np.ndarray, last: int):
   nb = scales.shape[-1]
-  q = np_unpack4(words).astype(np.float64)
+  q = np_unpack4(words, nb).astype(np.float64)
   s = np.repeat(scales.astype(np.float64), q.shape[-1] // nb, axis=-1)
   return (((q + 1) / 16) ** 4 * s)[..., :last]
 
@@ -167,7 +172,7 @@ def test_4bit_codes_match_numpy_transcription(shape):
   got_q = np_decode4(np.asarray(codes), np.asarray(scale), shape[-1])
   want_q = np_decode4(want_codes, want_scale, shape[-1])
   # A tie may round to the neighbouring level.
-  assert np.mean(np_unpack4(np.asarray(codes)) == np_unpack4(want_codes)) > 0.99
+  assert np.mean(np_unpack4(np.asarray(codes), nb) == np_unpack4(want_codes, nb)) > 0.99
   buf = _quant.Quantized4bit(codes=codes, scale=scale, last=shape[-1])
   got = np.asarray(_quant._decode4(buf, jnp.float32))
   np.testing.assert_allclose(got, got_q, rtol=1e-6)
@@ -403,7 +408,7 @@ def test_step_matches_numpy_transcription(state_dtype, kw, shape):
       same_scale = np.isclose(np.asarray(got.scale), scale, rtol=2e-5)
       assert np.mean(same_scale) > 0.98, (k, t, np.mean(same_scale))
       np.testing.assert_allclose(np.asarray(got.scale), scale, rtol=0.03, err_msg=k)
-      unpack = np_unpack4 if isinstance(got, _quant.Quantized4bit) else np.asarray
+      unpack = functools.partial(np_unpack4, nb=scale.shape[-1]) if isinstance(got, _quant.Quantized4bit) else np.asarray
       same = unpack(np.asarray(got.codes)) == unpack(codes)
       assert np.mean(same) > 0.995, (k, t, np.mean(same))
       length = same.shape[-1] // scale.shape[-1] if same.shape[-1] % scale.shape[-1] == 0 else -(-shape[-1] // scale.shape[-1])
