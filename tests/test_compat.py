@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_rmsprop import _storage, compat
+from optax_rmsprop import _quant, _storage, compat
 from tests import compat_reference as ref
 
 STEPS = 120
@@ -740,7 +740,7 @@ def _buffers_of_big_leaf(state):
           if _storage.is_buffer(b) and tuple(_storage.shape_of(b)) == _LB_SHAPES[0]]
 
 
-@pytest.mark.parametrize("state_dtype", ["8bit", jnp.bfloat16], ids=["8bit", "bfloat16"])
+@pytest.mark.parametrize("state_dtype", ["8bit", "4bit", jnp.bfloat16], ids=["8bit", "4bit", "bfloat16"])
 @pytest.mark.parametrize("name", list(LOW_BIT))
 def test_low_bit_state_trains_within_a_few_percent_of_the_peer(name, state_dtype):
   kw = LOW_BIT[name]
@@ -757,19 +757,24 @@ def test_low_bit_state_trains_within_a_few_percent_of_the_peer(name, state_dtype
   assert len(buffers) == n_buffers, buffers
   size = math.prod(_LB_SHAPES[0])
   for b in buffers:
-    if state_dtype == "8bit":
+    if state_dtype in ("8bit", "4bit"):
       assert _storage.codec_of(b) is not None, type(b)
-      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= 1.05 * size
+      # 4-bit: the second moment in half a byte per parameter, mean and momentum in 8 bits.
+      limit = 0.55 if isinstance(b, _quant.Quantized4bit) else 1.05
+      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= limit * size
     else:
       assert b.dtype == jnp.bfloat16
+  if state_dtype == "4bit":
+    assert sum(isinstance(b, _quant.Quantized4bit) for b in buffers) == 1, buffers
 
 
-@pytest.mark.parametrize("state_dtype", ["8bit", jnp.bfloat16], ids=["8bit", "bfloat16"])
+@pytest.mark.parametrize("state_dtype", ["8bit", "4bit", jnp.bfloat16], ids=["8bit", "4bit", "bfloat16"])
 @pytest.mark.parametrize("which", ["RMSprop", "Adagrad"])
 def test_low_bit_state_holds_complex_parameters_as_real_pairs(which, state_dtype):
   """The PyTorch ports view a complex parameter as real pairs: the pairs' buffers are low-bit too
   (bfloat16 even for mu and the trace, which the core keeps complex; 8-bit codes with blocks along
-  the parameter's last axis, about 1 byte per real), and the run stays within 3 % of PyTorch."""
+  the parameter's last axis, about 1 byte per real; 4-bit: the second moment in half a byte), and
+  the run stays within 3 % of PyTorch."""
   rng = np.random.default_rng(11)
   shape = (32, 128)  # 4096 complex elements: 8192 reals
   target = rng.normal(size=shape) + 1j * rng.normal(size=shape)
@@ -795,11 +800,14 @@ def test_low_bit_state_holds_complex_parameters_as_real_pairs(which, state_dtype
   buffers = [b for b in jax.tree.leaves(state, is_leaf=_storage.is_buffer) if _storage.is_buffer(b) and len(_storage.shape_of(b)) > 0]
   assert len(buffers) == (3 if which == "RMSprop" else 1)
   for b in buffers:
-    if state_dtype == "8bit":
+    if state_dtype in ("8bit", "4bit"):
       assert _storage.codec_of(b) is not None and tuple(_storage.shape_of(b)) == (2, *shape)
-      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= 1.05 * 2 * math.prod(shape)
+      limit = 0.55 if isinstance(b, _quant.Quantized4bit) else 1.05
+      assert sum(leaf.nbytes for leaf in jax.tree.leaves(b)) <= limit * 2 * math.prod(shape)
     else:
       assert b.dtype == jnp.bfloat16 and b.shape == (*shape, 2)
+  if state_dtype == "4bit":
+    assert sum(isinstance(b, _quant.Quantized4bit) for b in buffers) == 1, buffers
 
 
 @pytest.mark.parametrize("name", list(LOW_BIT))
