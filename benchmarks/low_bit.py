@@ -160,7 +160,7 @@ def run(smoke: bool, out: Path, log=print) -> dict:
 def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [
-      f"Low-bit state on {m['device']} ({m['backend']}), CPU {m['cpu']} x {m['cores']} cores, jax {m['jax']}, optax {m['optax']}; "
+      f"Low-bit state on {m['device']} ({m['backend']}), CPU {m['cpu']}{' (' + m['isa'] + ')' if m.get('isa') else ''} x {m['cores']} cores, jax {m['jax']}, optax {m['optax']}; "
       f"{result['rows'][0]['params']:,} parameters in one leaf, donated jitted step.",
       "",
       "| variant | state_dtype | state B/param | peak B/param (state + temporaries) | step x optax | digits loss (vs float32) | synthetic loss (vs float32) |",

@@ -222,17 +222,21 @@ def _time_group(runners: dict[str, Runner], rounds: int, min_round_s: float) -> 
 
 def machine_info() -> dict[str, Any]:
   cpu = platform.processor() or platform.machine()
+  isa = None  # the widest vector instructions XLA:CPU may use here (low-bit step ratios depend on it)
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
         cpu = line.split(":", 1)[1].strip()
-        break
+      elif line.startswith("flags") and isa is None:
+        flags = line.split(":", 1)[1].split()
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
   except OSError:
     pass
   dev = jax.devices()[0]
   info = {
       "cpu": cpu,
       "cores": os.cpu_count(),
+      "isa": isa,
       "backend": jax.default_backend(),
       "device": getattr(dev, "device_kind", str(dev)),
       "python": platform.python_version(),
