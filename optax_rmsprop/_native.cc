@@ -1,0 +1,223 @@
+// Blockwise encoding of low-bit optimizer state in one pass, written in place (an XLA FFI handler
+// for CPU; see _native.py). The arithmetic is _quant.py's, operation for operation in float32:
+// the block's maximum, the golden-ratio noise hashed from its bits, the codes; only the number of
+// passes differs. XLA:CPU computes a chunk's block maxima, then its codes, then copies them into
+// the state, each pass its own kernel; here each block is read once, while it is in cache.
+//
+// Built by _native.py with the system's C++ compiler against jaxlib's FFI headers. Compiled with
+// -ffp-contract=off, so that no multiply-add is fused where XLA rounds twice.
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind : int64_t { kUnsigned8 = 0, kSigned8 = 1, kFour = 2 };
+
+constexpr double kPhi = 0.6180339887498949;  // the golden ratio's fractional part
+
+struct Geometry {
+  int64_t kind, width, block, nb;  // elements per row, block length, blocks per row
+  int64_t codes_per_row() const { return kind == kFour ? nb * block / 8 : width; }
+};
+
+// murmur3's finaliser of the scale's bits, as _quant._dither: the block's noise offset in [0, 1).
+inline float Offset(float scale) {
+  uint32_t h;
+  std::memcpy(&h, &scale, 4);
+  h = (h ^ (h >> 16)) * 0x85EBCA6Bu;
+  h = (h ^ (h >> 13)) * 0xC2B2AE35u;
+  h = h ^ (h >> 16);
+  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
+}
+
+inline float Inverse(float scale) { return scale > 0 ? 1.0f / scale : 0.0f; }
+
+// A float code (possibly NaN) to an integer, as XLA converts: NaN to 0.
+inline uint32_t ToCode(float c) { return c == c ? static_cast<uint32_t>(c) : 0u; }
+
+// One block of ``L`` (a template argument where it is 256 or 128, so that the loops have a known
+// length; 0: ``g.block``) elements: ``n`` values at ``x`` (``n < L``: the row's padded last block,
+// its padding 0).
+template <int64_t kL>
+void EncodeBlock(const Geometry& g, const float* __restrict place, const float* __restrict x, int64_t n,
+                 void* codes, float* scale, float* __restrict work) {
+  const int64_t L = kL ? kL : g.block;
+  // The maximum in 16 lanes (which the compiler vectorises), NaN propagating as XLA's.
+  float lanes[16], any_nan[16];
+  for (int l = 0; l < 16; ++l) lanes[l] = n < L ? 0.0f : -INFINITY, any_nan[l] = 0.0f;
+  const bool magnitude = g.kind == kSigned8;
+  int64_t i0 = 0;
+  for (; i0 + 16 <= n; i0 += 16) {
+    for (int l = 0; l < 16; ++l) {
+      const float a = magnitude ? std::fabs(x[i0 + l]) : x[i0 + l];
+      lanes[l] = a > lanes[l] ? a : lanes[l];
+      any_nan[l] = a != a ? 1.0f : any_nan[l];
+    }
+  }
+  float m = lanes[0];
+  bool nan = false;
+  for (int l = 0; l < 16; ++l) m = lanes[l] > m ? lanes[l] : m, nan |= any_nan[l] != 0.0f;
+  for (int64_t i = i0; i < n; ++i) {
+    const float a = magnitude ? std::fabs(x[i]) : x[i];
+    m = a > m ? a : m;
+    nan |= a != a;
+  }
+  if (nan) m = NAN;
+  *scale = m;
+  const float inv = Inverse(m), offset = Offset(m);
+  // The codes, each with its noise frac(place + offset); NaN converts to 0, as in XLA.
+  if (g.kind == kUnsigned8) {
+    uint8_t* __restrict c = static_cast<uint8_t*>(codes);
+    for (int64_t i = 0; i < (kL && n == L ? kL : n); ++i) {
+      float t = offset + place[i];
+      t = t >= 1.0f ? t - 1.0f : t;
+      float r = x[i] * inv;
+      r = r < 0.0f ? 0.0f : r;  // (NaN stays NaN, as jnp.maximum)
+      float q = std::floor(255.0f * std::sqrt(std::sqrt(r)) + t);
+      q = q > 255.0f ? 255.0f : q;
+      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q == q ? q : 0.0f));
+    }
+  } else if (g.kind == kSigned8) {
+    uint8_t* __restrict c = static_cast<uint8_t*>(codes);
+    for (int64_t i = 0; i < (kL && n == L ? kL : n); ++i) {
+      float t = offset + place[i];
+      t = t >= 1.0f ? t - 1.0f : t;
+      const float r = x[i] * inv;
+      float q = std::floor(127.0f * std::sqrt(std::fabs(r)) + t);
+      q = q > 127.0f ? 127.0f : q;
+      const float sign = r > 0.0f ? 1.0f : (r < 0.0f ? -1.0f : r);  // (0 and NaN: r itself)
+      q = q * sign + 127.0f;
+      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q == q ? q : 0.0f));
+    }
+  } else {
+    // Element j * L / 8 + w of the block in bits 4j..4j+3 of its word w.
+    float* __restrict q = work;
+    for (int64_t i = 0; i < L; ++i) {
+      float t = offset + place[i];
+      t = t >= 1.0f ? t - 1.0f : t;
+      const float v = kL && n == L ? x[i] : (i < n ? x[i] : 0.0f);
+      const float s = std::sqrt(v * inv);
+      const float low = std::floor(16.0f * std::sqrt(s));
+      const float up = 256.0f * s - low * low > t * (2.0f * low + 1.0f) ? 1.0f : 0.0f;
+      const float c = low + up - 1.0f;
+      q[i] = c > 0.0f ? (c < 15.0f ? c : 15.0f) : 0.0f;  // (NaN: 0)
+    }
+    const int64_t run = L / 8;
+    uint32_t* __restrict words = static_cast<uint32_t*>(codes);
+    for (int64_t w = 0; w < run; ++w) {
+      uint32_t word = 0;
+      for (int64_t j = 0; j < 8; ++j) word |= static_cast<uint32_t>(static_cast<int32_t>(q[j * run + w])) << (4 * j);
+      words[w] = word;
+    }
+  }
+}
+
+void EncodeRange(const Geometry& g, const float* place, const float* x, int64_t row0, void* codes,
+                 float* scales, int64_t first, int64_t last) {
+  std::vector<float> work(g.block);
+  const int64_t cbytes = g.kind == kFour ? 4 : 1;
+  for (int64_t b = first; b < last; ++b) {
+    const int64_t row = b / g.nb, k = b % g.nb;
+    const int64_t start = k * g.block, n = std::min(g.block, g.width - start);
+    const int64_t code_at = (row0 + row) * g.codes_per_row() + (g.kind == kFour ? k * g.block / 8 : start);
+    auto* c = static_cast<char*>(codes) + code_at * cbytes;
+    const float* xb = x + row * g.width + start;
+    float* scale = scales + (row0 + row) * g.nb + k;
+    if (g.block == 256 && n == 256) {
+      EncodeBlock<256>(g, place, xb, n, c, scale, work.data());
+    } else if (g.block == 128 && n == 128) {
+      EncodeBlock<128>(g, place, xb, n, c, scale, work.data());
+    } else {
+      EncodeBlock<0>(g, place, xb, n, c, scale, work.data());
+    }
+  }
+}
+
+struct Shared {
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+ffi::Error Encode(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes_in,
+                  ffi::Buffer<ffi::F32> scales_in, ffi::Buffer<ffi::S32> at,
+                  ffi::Result<ffi::AnyBuffer> codes, ffi::Result<ffi::Buffer<ffi::F32>> scales,
+                  int64_t kind, int64_t width, int64_t block, int64_t nb) {
+  const Geometry g{kind, width, block, nb};
+  if (width <= 0 || block <= 0 || nb <= 0 || (kind == kFour && block % 8) || nb * block < width ||
+      (nb - 1) * block >= width) {
+    return ffi::Error::InvalidArgument("optax_rmsprop encode: inconsistent block geometry");
+  }
+  const int64_t rows = static_cast<int64_t>(x.element_count()) / width;
+  const int64_t row0 = *at.typed_data();
+  const int64_t total_rows = static_cast<int64_t>(scales->element_count()) / nb;
+  if (row0 < 0 || row0 + rows > total_rows) {
+    return ffi::Error::InvalidArgument("optax_rmsprop encode: rows out of range");
+  }
+  void* out = codes->untyped_data();
+  float* sc = scales->typed_data();
+  if (out != codes_in.untyped_data()) {
+    std::memcpy(out, codes_in.untyped_data(), codes_in.size_bytes());
+  }
+  if (sc != scales_in.typed_data()) {
+    std::memcpy(sc, scales_in.typed_data(), scales_in.size_bytes());
+  }
+  std::vector<float> place(block);
+  for (int64_t i = 0; i < block; ++i) {
+    place[i] = static_cast<float>(std::fmod(static_cast<double>(i) * kPhi, 1.0));
+  }
+  const float* xs = x.typed_data();
+  const int64_t blocks = rows * nb;
+  // Pieces of at least 64 KiB of input, claimed from a counter by the pool's threads and by this
+  // one, which waits only for pieces another thread has claimed (no deadlock if the pool is busy).
+  const int64_t piece = std::max<int64_t>(1, (1 << 14) / block);
+  const int64_t pieces = (blocks + piece - 1) / piece;
+  auto shared = std::make_shared<Shared>();
+  auto work = [=, &g, &place](Shared* s) {
+    for (int64_t p; (p = s->next.fetch_add(1)) < pieces;) {
+      EncodeRange(g, place.data(), xs, row0, out, sc, p * piece, std::min(blocks, (p + 1) * piece));
+      s->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), pieces - 1);
+  // The helpers copy what they need: ``g`` and ``place`` outlive them only while this call waits.
+  auto geometry = std::make_shared<Geometry>(g);
+  auto places = std::make_shared<std::vector<float>>(place);
+  for (int64_t h = 0; h < helpers; ++h) {
+    pool.Schedule([=]() {
+      for (int64_t p; (p = shared->next.fetch_add(1)) < pieces;) {
+        EncodeRange(*geometry, places->data(), xs, row0, out, sc, p * piece, std::min(blocks, (p + 1) * piece));
+        shared->done.fetch_add(1, std::memory_order_release);
+      }
+    });
+  }
+  work(shared.get());
+  while (shared->done.load(std::memory_order_acquire) < pieces) {
+    std::this_thread::yield();
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OptaxRmspropEncode, Encode,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("width")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("nb"));
