@@ -100,7 +100,7 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       c[i] = static_cast<uint8_t>(static_cast<int32_t>(q == q ? q : 0.0f));
     }
   } else {
-    // Element j * L / 8 + w of the block in bits 4j..4j+3 of its word w.
+    // Element 8w + j of the block in bits 4j..4j+3 of its word w.
     float* __restrict q = work;
     for (int64_t i = 0; i < L; ++i) {
       float t = offset + place[i];
@@ -112,11 +112,11 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       const float c = low + up - 1.0f;
       q[i] = c > 0.0f ? (c < 15.0f ? c : 15.0f) : 0.0f;  // (NaN: 0)
     }
-    const int64_t run = L / 8;
+    const int64_t nwords = L / 8;
     uint32_t* __restrict words = static_cast<uint32_t*>(codes);
-    for (int64_t w = 0; w < run; ++w) {
+    for (int64_t w = 0; w < nwords; ++w) {
       uint32_t word = 0;
-      for (int64_t j = 0; j < 8; ++j) word |= static_cast<uint32_t>(static_cast<int32_t>(q[j * run + w])) << (4 * j);
+      for (int64_t j = 0; j < 8; ++j) word |= static_cast<uint32_t>(static_cast<int32_t>(q[8 * w + j])) << (4 * j);
       words[w] = word;
     }
   }

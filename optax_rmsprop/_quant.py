@@ -17,7 +17,7 @@ parameter). Two analytic maps (no lookup table; square roots only, which XLA vec
   ``2 / |q|`` (1.6 % at the top), smallest non-zero magnitude ``6.2e-5`` of the block's largest.
 
 ``"4bit"``: the second moment in 4 bits, eight codes per uint32 word (bits ``4j`` to ``4j + 3``
-of a block's word ``w`` hold its element ``j * L / 8 + w``, ``L`` the block length: two codes per
+of a block's word ``w`` hold its element ``8w + j`` (eight neighbours): two codes per
 byte), blocks of at most :data:`BLOCK4` elements, a multiple of 8 (0.53 bytes per parameter; rows
 shorter than 8 stay in full precision), on a map without zero after Li, Chen & Zhu (2023): ``v = scale * ((q + 1) / 16) ** 4``
 for ``q`` in 0..15, the scale being the block's maximum. No code means 0, so a small second moment
@@ -122,7 +122,7 @@ class Quantized4bit:
   """One 4-bit buffer of non-negative values: ``codes`` (uint32, eight codes per word: the
   parameter's shape with the last axis replaced by an eighth of its padded length, a block's
   ``L / 8`` words after the previous block's; bits ``4j`` to ``4j + 3`` of a block's word ``w``
-  hold its element ``j * L / 8 + w``, ``L`` the block length) and ``scale`` (float32, the
+  hold its element ``8w + j``) and ``scale`` (float32, the
   parameter's shape with the last axis replaced by its number of blocks). ``last`` (static) is the
   parameter's last-axis length."""
 
@@ -219,17 +219,15 @@ def _decode8(buf: Quantized8bit, cdt):
 
 
 def view4(width: int, block: int) -> tuple[int, ...]:
-  """A row of ``width`` elements of 4-bit blocks of ``block`` viewed as ``(width / block, 8,
-  block / 8)`` (without a leading axis of length 1, which XLA:CPU lays out apart from the others and
-  copies into place): the second-to-last axis is a word's eight codes, the last a block's words,
-  the last two a block.
+  """A row of ``width`` elements of 4-bit blocks of ``block`` viewed as ``(width / block, block / 8,
+  8)`` (without a leading axis of length 1, which XLA:CPU lays out apart from the others and copies
+  into place): the last axis is a word's eight codes (eight neighbours), the last two a block.
 
-  A block's codes go to its words as consecutive runs of ``block / 8`` (code ``j`` of every word
-  from run ``j``), so that the chunk loop's fusions run over a last axis of ``block / 8`` (16)
-  rather than 8 and the packing ORs whole runs: with XLA's AVX2 code, the centered + momentum
-  4-bit step took 51 ms rather than 67 ms with words of eight neighbours (16M parameters; see
-  ``docs/guides/low_bit.md``)."""
-  return (*((width // block,) if width > block else ()), WORD, block // WORD)
+  Words of eight neighbours, so that the step's output, which XLA fuses into the user's update of
+  the parameters over their flat shape, reads one word per eight lanes: with a block's codes in
+  runs of ``block / 8`` (code ``j`` of every word from run ``j``) it read a word per lane, eight
+  scalar loads per eight lanes (see ``docs/guides/low_bit.md``)."""
+  return (*((width // block,) if width > block else ()), block // WORD, WORD)
 
 
 _SHIFTS = tuple(range(0, 4 * WORD, 4))  # a word's code j in bits 4j to 4j + 3
@@ -255,7 +253,7 @@ def _up4(s, low, u):
 
 
 def _encode4_view(x, k: int):
-  """Words (``x``'s shape without its second-to-last axis) and scales of ``x`` (a view of :func:`view4`,
+  """Words (``x``'s shape without its last axis) and scales of ``x`` (a view of :func:`view4`,
   non-negative float32), blocks over its ``k`` trailing axes; rounded with :func:`_dither`'s
   noise by :func:`_up4`'s rule."""
   axes = tuple(range(-k, 0))
@@ -266,18 +264,15 @@ def _encode4_view(x, k: int):
   low = jnp.floor(16 * jnp.sqrt(s))
   q = low + _up4(s, low, _dither(scale, x.shape[x.ndim - k :])) - 1
   q = jnp.where(q > 0, jnp.where(q < 15, q, 15), 0).astype(jnp.uint32)
-  words = q[..., 0, :]
+  words = q[..., 0]
   for j, shift in enumerate(_SHIFTS[1:], 1):
-    words = words | (q[..., j, :] << shift)
+    words = words | (q[..., j] << shift)
   return words, scale
 
 
 def _decode4_view(words, scale, k: int, cdt):
-  # Each element reads its word and shifts it by its run's place. Over the parameter's flat shape
-  # (the step's output, fused into the user's update of the parameters) XLA:CPU loads the words
-  # one per lane (eight neighbours read eight consecutive words); a word of eight neighbours it
-  # loaded once per eight lanes, but the chunk loop's fusions over a last axis of 8 cost more.
-  q = (words[..., None, :] >> jnp.array(_SHIFTS, jnp.uint32)[:, None]) & 15
+  # Each element reads its word (the same word for eight neighbours) and shifts it by its place.
+  q = (words[..., None] >> jnp.array(_SHIFTS, jnp.uint32)) & 15
   t = (q.astype(cdt) + 1) * (1 / 16)
   t = t * t
   return t * t * _expand(scale.astype(cdt), k)
@@ -288,7 +283,7 @@ def _encode4(x, nb: int, block: int):
   row (see :class:`Quantized4bit`). Reshapes only split or merge axes, never both at once, so
   that a sharded axis keeps its sharding through them."""
   lead = x.shape[:-1]
-  words, scale = _encode4_view(_split(x, nb, block).reshape(*lead, nb, WORD, block // WORD), 2)
+  words, scale = _encode4_view(_split(x, nb, block).reshape(*lead, nb, block // WORD, WORD), 2)
   return words.reshape(*lead, nb * block // WORD), scale
 
 
@@ -325,7 +320,7 @@ class View4:
 
   @property
   def shape(self):
-    return (*self.codes.shape[:-1], WORD, self.codes.shape[-1])
+    return (*self.codes.shape, WORD)
 
 
 def _full_precision(param, *, row: int = 1) -> bool:
@@ -490,7 +485,7 @@ class Blockwise4bit:
     if view is None:
       return [buffer.codes.reshape(rows, -1), buffer.scale.reshape(rows, -1)]
     k = _suffix(view, self.block(buffer)[1])
-    return [buffer.codes.reshape(rows, *view[:-2], view[-1]), buffer.scale.reshape(rows, *view[:-k])]
+    return [buffer.codes.reshape(rows, *view[:-1]), buffer.scale.reshape(rows, *view[:-k])]
 
   def from_parts(self, parts, like: Quantized4bit, *, chunk_last: int | None = None, view=None):
     codes, scale = parts

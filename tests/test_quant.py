@@ -77,7 +77,7 @@ def np_decode(codes: np.ndarray, scales: np.ndarray, signed: bool, block: int = 
 def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None):
   """4-bit codes (a map without zero after Li, Chen & Zhu: v = scale ((q + 1) / 16)^4), eight per
   uint32 word: a block of L elements (L a multiple of 8) has L / 8 words, bits 4j..4j+3 of its word
-  w hold its element j * L / 8 + w; rows padded to whole blocks; rounded as :func:`np_encode`."""
+  w hold its element 8w + j; rows padded to whole blocks; rounded as :func:`np_encode`."""
   rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
   nb, length = np_blocks(rows.shape[1], block, multiple=8)
   q = np.zeros((rows.shape[0], nb * length), np.uint32)
@@ -93,16 +93,16 @@ def np_encode4(x: np.ndarray, block: int = 128, dither: bool = True, seeds=None)
       low = np.floor(16 * r**0.25)
       up = (256 * np.sqrt(r) - low**2) / ((low + 1) ** 2 - low**2) > u
       q[i, b * length : b * length + len(seg)] = np.clip(low + up - 1, 0, 15)
-  runs = q.reshape(rows.shape[0], nb, 8, length // 8)
-  words = (runs << (4 * np.arange(8, dtype=np.uint32))[:, None]).sum(axis=-2, dtype=np.uint32)
+  neighbours = q.reshape(rows.shape[0], nb * length // 8, 8)
+  words = (neighbours << (4 * np.arange(8, dtype=np.uint32))).sum(axis=-1, dtype=np.uint32)
   return words.reshape(*x.shape[:-1], -1), scales.reshape(*x.shape[:-1], nb)
 
 
 def np_unpack4(words: np.ndarray, nb: int) -> np.ndarray:
   """The codes of :func:`np_encode4`'s words (``nb`` blocks per row), one per element (padding
   included)."""
-  runs = words.reshape(*words.shape[:-1], nb, 1, -1)
-  return ((runs >> (4 * np.arange(8, dtype=np.uint32))[:, None]) & 15).reshape(*words.shape[:-1], -1)
+  del nb  # (every word holds eight neighbours, whatever the blocks)
+  return ((words[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(*words.shape[:-1], -1)
 
 
 def np_decode4(words: np.ndarray, scales: np.ndarray, last: int):
