@@ -75,7 +75,7 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
   if (nan) m = NAN;
   *scale = m;
   const float inv = Inverse(m), offset = Offset(m);
-  // The codes, each with its noise frac(place + offset); NaN converts to 0, as in XLA.
+  // The codes, each with its noise frac(place + offset).
   if (g.kind == kUnsigned8) {
     uint8_t* __restrict c = static_cast<uint8_t*>(codes);
     for (int64_t i = 0; i < (kL && n == L ? kL : n); ++i) {
@@ -84,8 +84,8 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       float r = x[i] * inv;
       r = r < 0.0f ? 0.0f : r;  // (NaN stays NaN, as jnp.maximum)
       float q = std::floor(255.0f * std::sqrt(std::sqrt(r)) + t);
-      q = q > 255.0f ? 255.0f : q;
-      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q == q ? q : 0.0f));
+      q = q > 0.0f ? (q < 255.0f ? q : 255.0f) : 0.0f;  // (NaN: 0)
+      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q));
     }
   } else if (g.kind == kSigned8) {
     uint8_t* __restrict c = static_cast<uint8_t*>(codes);
@@ -94,10 +94,10 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       t = t >= 1.0f ? t - 1.0f : t;
       const float r = x[i] * inv;
       float q = std::floor(127.0f * std::sqrt(std::fabs(r)) + t);
-      q = q > 127.0f ? 127.0f : q;
-      const float sign = r > 0.0f ? 1.0f : (r < 0.0f ? -1.0f : r);  // (0 and NaN: r itself)
-      q = q * sign + 127.0f;
-      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q == q ? q : 0.0f));
+      q = q < 127.0f ? q : 127.0f;
+      // (A NaN, the input's, reads as 127: its block's scale is NaN, which the block decodes to.)
+      q = 127.0f + (r > 0.0f ? q : (r < 0.0f ? -q : 0.0f));
+      c[i] = static_cast<uint8_t>(static_cast<int32_t>(q));
     }
   } else {
     // Element 8w + j of the block in bits 4j..4j+3 of its word w.
