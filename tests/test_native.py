@@ -132,3 +132,18 @@ def test_build_without_a_compiler_says_so(monkeypatch):
 def test_disabled_by_environment(monkeypatch):
   monkeypatch.setenv("OPTAX_RMSPROP_NATIVE", "0")
   assert not _native.enabled()
+
+
+def test_export_with_xla_encoding(monkeypatch):
+  """``jax.export`` refuses custom calls without compatibility guarantees, the kernel's included:
+  with ``OPTAX_RMSPROP_NATIVE=0`` an exported step holds XLA's encoding only, and runs."""
+  monkeypatch.setenv("OPTAX_RMSPROP_NATIVE", "0")
+  tx = optax_rmsprop.rmsprop(1e-3, state_dtype="8bit")
+  p = jnp.zeros((512, 1024))
+  state = tx.init(p)
+  g = jnp.full((512, 1024), 0.5)
+  exported = jax.export.export(jax.jit(tx.update))(g, state, p)
+  assert _native.TARGET not in exported.mlir_module()
+  u, _ = exported.call(g, state, p)
+  want, _ = jax.jit(tx.update)(g, state, p)
+  np.testing.assert_allclose(np.asarray(u), np.asarray(want), rtol=1e-6)
