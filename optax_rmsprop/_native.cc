@@ -19,6 +19,8 @@
 
 namespace ffi = xla::ffi;
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "4-bit words are packed from bytes in little-endian order");
+
 namespace {
 
 enum Kind : int64_t { kUnsigned8 = 0, kSigned8 = 1, kFour = 2 };
@@ -101,7 +103,8 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
     }
   } else {
     // Element 8w + j of the block in bits 4j..4j+3 of its word w.
-    float* __restrict q = work;
+    // Codes as bytes, then eight bytes (eight neighbours) to a word by shifts within 64 bits.
+    uint8_t* __restrict q = reinterpret_cast<uint8_t*>(work);
     for (int64_t i = 0; i < L; ++i) {
       float t = offset + place[i];
       t = t >= 1.0f ? t - 1.0f : t;
@@ -110,14 +113,15 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       const float low = std::floor(16.0f * std::sqrt(s));
       const float up = 256.0f * s - low * low > t * (2.0f * low + 1.0f) ? 1.0f : 0.0f;
       const float c = low + up - 1.0f;
-      q[i] = c > 0.0f ? (c < 15.0f ? c : 15.0f) : 0.0f;  // (NaN: 0)
+      q[i] = static_cast<uint8_t>(static_cast<int32_t>(c > 0.0f ? (c < 15.0f ? c : 15.0f) : 0.0f));  // (NaN: 0)
     }
-    const int64_t nwords = L / 8;
     uint32_t* __restrict words = static_cast<uint32_t*>(codes);
-    for (int64_t w = 0; w < nwords; ++w) {
-      uint32_t word = 0;
-      for (int64_t j = 0; j < 8; ++j) word |= static_cast<uint32_t>(static_cast<int32_t>(q[8 * w + j])) << (4 * j);
-      words[w] = word;
+    for (int64_t w = 0; w < L / 8; ++w) {
+      uint64_t b;
+      std::memcpy(&b, q + 8 * w, 8);  // byte j: code j (little-endian)
+      b = (b | (b >> 4)) & 0x00FF00FF00FF00FFull;
+      b = (b | (b >> 8)) & 0x0000FFFF0000FFFFull;
+      words[w] = static_cast<uint32_t>(b | (b >> 16));
     }
   }
 }
@@ -126,8 +130,9 @@ void EncodeRange(const Geometry& g, const float* place, const float* x, int64_t 
                  float* scales, int64_t first, int64_t last) {
   std::vector<float> work(g.block);
   const int64_t cbytes = g.kind == kFour ? 4 : 1;
+  // Blocks first..last-1 of the chunk, row by row (one division per range, not per block).
+  int64_t row = first / g.nb, k = first % g.nb;
   for (int64_t b = first; b < last; ++b) {
-    const int64_t row = b / g.nb, k = b % g.nb;
     const int64_t start = k * g.block, n = std::min(g.block, g.width - start);
     const int64_t code_at = (row0 + row) * g.codes_per_row() + (g.kind == kFour ? k * g.block / 8 : start);
     auto* c = static_cast<char*>(codes) + code_at * cbytes;
@@ -140,6 +145,7 @@ void EncodeRange(const Geometry& g, const float* place, const float* x, int64_t 
     } else {
       EncodeBlock<0>(g, place, xb, n, c, scale, work.data());
     }
+    if (++k == g.nb) k = 0, ++row;
   }
 }
 
