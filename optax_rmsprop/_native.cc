@@ -54,6 +54,7 @@ template <int64_t kL>
 void EncodeBlock(const Geometry& g, const float* __restrict place, const float* __restrict x, int64_t n,
                  void* codes, float* scale, float* __restrict work) {
   const int64_t L = kL ? kL : g.block;
+  if (kL) n = kL;  // (whole blocks only: the loops' bounds are constants)
   // The maximum in 16 lanes (which the compiler vectorises), NaN propagating as XLA's.
   float lanes[16], any_nan[16];
   for (int l = 0; l < 16; ++l) lanes[l] = n < L ? 0.0f : -INFINITY, any_nan[l] = 0.0f;
@@ -66,9 +67,15 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
       any_nan[l] = a != a ? 1.0f : any_nan[l];
     }
   }
+  // (Halving, so that the lanes reduce in vector registers too.)
+  for (int w = 8; w >= 1; w /= 2) {
+    for (int l = 0; l < w; ++l) {
+      lanes[l] = lanes[l + w] > lanes[l] ? lanes[l + w] : lanes[l];
+      any_nan[l] = any_nan[l] + any_nan[l + w];
+    }
+  }
   float m = lanes[0];
-  bool nan = false;
-  for (int l = 0; l < 16; ++l) m = lanes[l] > m ? lanes[l] : m, nan |= any_nan[l] != 0.0f;
+  bool nan = any_nan[0] != 0.0f;
   for (int64_t i = i0; i < n; ++i) {
     const float a = magnitude ? std::fabs(x[i]) : x[i];
     m = a > m ? a : m;
@@ -80,7 +87,7 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
   // The codes, each with its noise frac(place + offset).
   if (g.kind == kUnsigned8) {
     uint8_t* __restrict c = static_cast<uint8_t*>(codes);
-    for (int64_t i = 0; i < (kL && n == L ? kL : n); ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       float t = offset + place[i];
       t = t >= 1.0f ? t - 1.0f : t;
       float r = x[i] * inv;
@@ -91,7 +98,7 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
     }
   } else if (g.kind == kSigned8) {
     uint8_t* __restrict c = static_cast<uint8_t*>(codes);
-    for (int64_t i = 0; i < (kL && n == L ? kL : n); ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       float t = offset + place[i];
       t = t >= 1.0f ? t - 1.0f : t;
       const float r = x[i] * inv;
@@ -108,7 +115,7 @@ void EncodeBlock(const Geometry& g, const float* __restrict place, const float* 
     for (int64_t i = 0; i < L; ++i) {
       float t = offset + place[i];
       t = t >= 1.0f ? t - 1.0f : t;
-      const float v = kL && n == L ? x[i] : (i < n ? x[i] : 0.0f);
+      const float v = i < n ? x[i] : 0.0f;
       const float s = std::sqrt(v * inv);
       const float low = std::floor(16.0f * std::sqrt(s));
       const float up = 256.0f * s - low * low > t * (2.0f * low + 1.0f) ? 1.0f : 0.0f;
@@ -193,7 +200,7 @@ ffi::Error Encode(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer 
       s->done.fetch_add(1, std::memory_order_release);
     }
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), pieces - 1);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, pieces - 1);
   // The helpers copy what they need: ``g`` and ``place`` outlive them only while this call waits.
   auto geometry = std::make_shared<Geometry>(g);
   auto places = std::make_shared<std::vector<float>>(place);
