@@ -151,7 +151,7 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
     if type(piece_node) is _storage.Unwritten:
       # Encoded and written in one pass by the native kernel on CPU (see ``_native``), by XLA elsewhere.
       codec = _storage.codec_of(like)
-      values = piece_node.values.astype(jnp.float32)
+      values = piece_node.values
 
       def native():
         nb, block = math.prod(parts[1].shape[1:]), codec.block(like)[1]

@@ -156,9 +156,27 @@ void EncodeRange(const Geometry& g, const float* place, const float* x, int64_t 
   }
 }
 
-struct Shared {
+// One call's work, shared by this thread and the pool's (which may start after the call returned:
+// then they find no piece left, and touch nothing but this).
+struct Job {
+  Geometry g;
+  std::vector<float> place;  // frac(i phi), i < block
+  const float* x;
+  int64_t row0;
+  void* codes;
+  float* scales;
+  int64_t blocks, piece, pieces;
   std::atomic<int64_t> next{0}, done{0};
 };
+
+// Claims pieces of ``job`` from its counter until none is left.
+void Work(Job& job) {
+  for (int64_t p; (p = job.next.fetch_add(1)) < job.pieces;) {
+    EncodeRange(job.g, job.place.data(), job.x, job.row0, job.codes, job.scales, p * job.piece,
+                std::min(job.blocks, (p + 1) * job.piece));
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+}
 
 ffi::Error Encode(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer codes_in,
                   ffi::Buffer<ffi::F32> scales_in, ffi::Buffer<ffi::S32> at,
@@ -183,37 +201,28 @@ ffi::Error Encode(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer 
   if (sc != scales_in.typed_data()) {
     std::memcpy(sc, scales_in.typed_data(), scales_in.size_bytes());
   }
-  std::vector<float> place(block);
+  auto job = std::make_shared<Job>();
+  job->g = g;
+  job->place.resize(block);
   for (int64_t i = 0; i < block; ++i) {
-    place[i] = static_cast<float>(std::fmod(static_cast<double>(i) * kPhi, 1.0));
+    const double v = static_cast<double>(i) * kPhi;
+    job->place[i] = static_cast<float>(v - std::floor(v));  // (exact: fmod(v, 1) for v >= 0)
   }
-  const float* xs = x.typed_data();
-  const int64_t blocks = rows * nb;
+  job->x = x.typed_data();
+  job->row0 = row0;
+  job->codes = out;
+  job->scales = sc;
+  job->blocks = rows * nb;
   // Pieces of at least 64 KiB of input, claimed from a counter by the pool's threads and by this
   // one, which waits only for pieces another thread has claimed (no deadlock if the pool is busy).
-  const int64_t piece = std::max<int64_t>(1, (1 << 14) / block);
-  const int64_t pieces = (blocks + piece - 1) / piece;
-  auto shared = std::make_shared<Shared>();
-  auto work = [=, &g, &place](Shared* s) {
-    for (int64_t p; (p = s->next.fetch_add(1)) < pieces;) {
-      EncodeRange(g, place.data(), xs, row0, out, sc, p * piece, std::min(blocks, (p + 1) * piece));
-      s->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, pieces - 1);
-  // The helpers copy what they need: ``g`` and ``place`` outlive them only while this call waits.
-  auto geometry = std::make_shared<Geometry>(g);
-  auto places = std::make_shared<std::vector<float>>(place);
+  job->piece = std::max<int64_t>(1, (1 << 14) / block);
+  job->pieces = (job->blocks + job->piece - 1) / job->piece;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, job->pieces - 1);
   for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([=]() {
-      for (int64_t p; (p = shared->next.fetch_add(1)) < pieces;) {
-        EncodeRange(*geometry, places->data(), xs, row0, out, sc, p * piece, std::min(blocks, (p + 1) * piece));
-        shared->done.fetch_add(1, std::memory_order_release);
-      }
-    });
+    pool.Schedule([job]() { Work(*job); });
   }
-  work(shared.get());
-  while (shared->done.load(std::memory_order_acquire) < pieces) {
+  Work(*job);
+  while (job->done.load(std::memory_order_acquire) < job->pieces) {
     std::this_thread::yield();
   }
   return ffi::Error::Success();
