@@ -16,7 +16,6 @@ is the previous stage's output.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_rmsprop import _native, _storage
+from optax_rmsprop import _storage
 
 # Elements per chunk: a 64th of the leaf, at least 2**16 (a float32 temporary of 256 KiB; smaller
 # chunks spend more time starting XLA:CPU's kernels than in them) and at most 2**20.
@@ -122,7 +121,6 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
       new.append(tuple(out))
     return y, new
   rows, width = layout
-  native = _native.enabled()
   per_chunk = max(1, chunk_size(math.prod(jnp.shape(x))) // width)
   loops, tail = divmod(rows, per_chunk)
   view = _view(flat, width)
@@ -146,32 +144,23 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
   old = [ps[1:] for ps in parts]
   parts = [[ps[0], *(jnp.zeros_like(a) for a in ps[1:])] for ps in parts]
 
-  def write(parts, piece_node, at, size, like):
+  def write(parts, piece_node, at, size):
     """``piece_node``'s arrays written into ``parts`` at row ``at``; the token of the write."""
-    if type(piece_node) is _storage.Unwritten:
-      # Encoded and written in one pass by the native kernel on CPU (see ``_native``), by XLA elsewhere.
-      codec = _storage.codec_of(like)
-      values = piece_node.values
-
-      def native():
-        nb, block = math.prod(parts[1].shape[1:]), codec.block(like)[1]
-        codes, scales = _native.encode_rows(values, parts[0], parts[1], at, kind=codec.native_kind(like), width=width, block=block, nb=nb)
-        return [codes, scales], _nonnegative(jax.lax.dynamic_index_in_dim(codes.reshape(-1), 0, keepdims=False))
-
-      def xla():
-        return write(parts, codec.store(values, piece_node.like), at, size, like)
-
-      return jax.lax.platform_dependent(cpu=native, default=xla)
     pieces = [p.astype(a.dtype).reshape(size, *a.shape[1:]) for a, p in zip(parts, _parts(piece_node, size, view), strict=True)]
-    # The in-place write inside a loop whose trip count (1, from a value XLA cannot fold) is
-    # not known at compile time: XLA:CPU then computes the pieces in their own fusion, which it
-    # splits over the cores, and only copies them in place in the loop. Fused into the in-place
-    # write (which XLA:CPU runs on one core), computing them took most of the step. Writing the
-    # same pieces again would change nothing.
-    floats = [p for p in pieces if jnp.issubdtype(p.dtype, jnp.inexact)]
-    trips = 1 + _nonnegative(floats[0].reshape(-1)[0]) if floats else 1
-    put = lambda _, ps: [jax.lax.dynamic_update_slice_in_dim(a, p, at, 0) for a, p in zip(ps, pieces, strict=True)]
-    written = jax.lax.fori_loop(0, trips, put, parts)
+    put = lambda ps: [jax.lax.dynamic_update_slice_in_dim(a, p, at, 0) for a, p in zip(ps, pieces, strict=True)]
+
+    def on_cpu():
+      # XLA:CPU only: the in-place write inside a loop whose trip count (1, from a value XLA cannot
+      # fold) is unknown at compile time. XLA:CPU then computes the pieces in their own fusion,
+      # which it splits over the cores, and only copies them in place in the loop; fused into the
+      # in-place write (which XLA:CPU runs on one core), computing them took most of the step.
+      # Writing the same pieces again would change nothing. Other backends parallelise the fused
+      # write and get the plain one.
+      floats = [p for p in pieces if jnp.issubdtype(p.dtype, jnp.inexact)]
+      trips = 1 + _nonnegative(floats[0].reshape(-1)[0]) if floats else 1
+      return jax.lax.fori_loop(0, trips, lambda _, ps: put(ps), parts)
+
+    written = jax.lax.platform_dependent(cpu=on_cpu, default=lambda: put(parts))
     first = written[0]
     token = _nonnegative(jax.lax.dynamic_slice(first, (at, *(jnp.int32(0),) * (first.ndim - 1)), (1,) * first.ndim).reshape(()))
     return written, token
@@ -195,12 +184,11 @@ def run(stages: Sequence[Stage], x, buffers: Sequence[tuple]) -> tuple[jax.Array
     y, i, token = take(x_rows), 0, None
     written = [None] * len(parts)
     for stage, n in zip(stages, counts, strict=True):
-      with _storage.deferred() if native else contextlib.nullcontext():
-        y_new, out = stage.advance(y, tuple(chunk[i : i + n]))
+      y_new, out = stage.advance(y, tuple(chunk[i : i + n]))
       back = []
       for j, k in enumerate(range(i, i + n)):
         at = start if token is None else jnp.minimum(start, start + token)
-        written[k], token = write(parts[k], out[j], at, size, flat[k])
+        written[k], token = write(parts[k], out[j], at, size)
         back.append(_node(unflat([take(a, at) for a in written[k]], inner[k]), flat[k], width, view))
       y = stage.read(y, tuple(back)) if n else y_new
       i += n

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _native, _storage
+from optax_rmsprop import _storage
 
 BLOCK8 = 256
 BLOCK4 = 128
@@ -396,9 +396,6 @@ class Blockwise8bit:
   def shape(self, buffer):
     return buffer.codes.shape
 
-  def native_kind(self, buffer) -> int:
-    """The native kernel's code map for ``buffer`` (see ``_native``)."""
-    return _native.SIGNED8 if buffer.signed else _native.UNSIGNED8
 
   def block(self, buffer: Quantized8bit) -> tuple[int, int]:
     nb = buffer.scale.shape[-1]
@@ -464,9 +461,6 @@ class Blockwise4bit:
   def shape(self, buffer):
     return buffer.shape
 
-  def native_kind(self, buffer) -> int:
-    """The native kernel's code map for ``buffer`` (see ``_native``)."""
-    return _native.FOUR
 
   def block(self, buffer: Quantized4bit) -> tuple[int, int]:
     nb = buffer.scale.shape[-1]

@@ -12,8 +12,6 @@ that dispatches on how a buffer is kept, and it imports no codec.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 from typing import Any, Protocol
 
@@ -66,30 +64,6 @@ class Codec(Protocol):
 _CODECS: dict[str, Codec] = {}
 _NODE_CODECS: dict[type, Codec] = {}
 _VIEW_CODECS: dict[type, Codec] = {}
-_DEFERRED = contextvars.ContextVar("optax_rmsprop_deferred", default=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class Unwritten:
-  """New values for a codec's buffer ``like``, not yet encoded: what :func:`write` returns under
-  :func:`deferred`, for ``_chunks`` to encode and write in one pass. It reads as its values."""
-
-  values: jax.Array
-  like: Any
-
-  @property
-  def shape(self):
-    return self.like.shape
-
-
-@contextlib.contextmanager
-def deferred():
-  """Within it, :func:`write` into a codec's buffer returns :class:`Unwritten` values."""
-  token = _DEFERRED.set(True)
-  try:
-    yield
-  finally:
-    _DEFERRED.reset(token)
 
 
 def register_codec(codec: Codec, *aliases: str) -> None:
@@ -125,8 +99,6 @@ def is_codec(spec) -> bool:
 def codec_of(buffer) -> Codec | None:
   """The codec that made ``buffer`` (a node or, inside ``_chunks``' loop, a view), or ``None``
   for a plain array."""
-  if type(buffer) is Unwritten:
-    return codec_of(buffer.like)
   return _NODE_CODECS.get(type(buffer)) or _VIEW_CODECS.get(type(buffer))
 
 
@@ -214,8 +186,6 @@ def create(param, fill: float, spec, *, real: bool):
 
 def load(buffer, cdt):
   """The buffer's value in compute precision (complex buffers stay complex)."""
-  if type(buffer) is Unwritten:
-    return buffer.values.astype(cdt)
   codec = codec_of(buffer)
   if codec is not None:
     return codec.load(buffer, cdt)
@@ -283,7 +253,7 @@ def write(x, like):
   """
   codec = codec_of(like)
   if codec is not None:
-    return Unwritten(x, like) if _DEFERRED.get() else codec.store(x, like)
+    return codec.store(x, like)
   return x.astype(like.dtype)
 
 
