@@ -10,7 +10,10 @@ For each ``state_dtype`` (float32, bfloat16, 8-bit, 4-bit) and variant (plain, c
 * step time against ``optax.rmsprop`` (float32 state), interleaved in one process (A B A B ...),
   as the median ratio;
 * the final training loss of the digits MLP and of a synthetic classification task (150
-  full-batch steps of ``rmsprop(1e-3)``), and its difference from the float32 state's.
+  full-batch steps of ``rmsprop(1e-3)``), and its difference from the float32 state's;
+* under ``optax.inject_hyperparams``: the step with ``eps``, ``decay`` or ``momentum`` injected
+  (a traced array) against the same step with all three static, on small leaves (64x128, 128x128,
+  128x10, momentum 0.9), interleaved, as the median ratio.
 
 Writes ``DIR/low_bit.json``, ``DIR/low_bit.md`` (a table naming the machine) and
 ``DIR/low_bit.png`` (peak memory against final loss).
@@ -31,7 +34,7 @@ import optax
 
 import optax_rmsprop
 
-STATE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "8bit": "8bit", "4bit": "4bit"}
+STATE_DTYPES = {"float32": None, "bfloat16": "bfloat16", "8bit": "8bit", "4bit": "4bit"}
 VARIANTS = {"plain": {}, "centered+momentum": {"centered": True, "momentum": 0.9}}
 LR = 1e-3
 
@@ -76,6 +79,39 @@ def speed(tx, kw: dict, size: int, rounds: int, steps: int) -> float:
         jax.block_until_ready(box["p"])
         box["times"].append(time.perf_counter() - t0)
   return statistics.median(runs[0]["times"]) / statistics.median(runs[1]["times"])
+
+
+INJECTED = ("eps", "decay", "momentum")
+SMALL_LEAVES = {"w1": (64, 128), "w2": (128, 128), "w3": (128, 10)}
+
+
+def injected(state_dtype, rounds: int, steps: int) -> dict[str, float]:
+  """Per hyperparameter of :data:`INJECTED`: the median step time with it injected (traced) over
+  the step with every one static (``static_args``), interleaved, on :data:`SMALL_LEAVES`."""
+  params = {k: jnp.ones(shape, jnp.float32) for k, shape in SMALL_LEAVES.items()}
+  g = jax.tree.map(lambda p: p * 0.01, params)
+
+  def make(traced: str | None):
+    static = tuple(n for n in INJECTED if n != traced)
+    return optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=static)(LR, momentum=0.9, state_dtype=state_dtype)
+
+  names = (None, *INJECTED)
+  boxes = []
+  for name in names:
+    tx = make(name)
+    box = {"f": _step(tx), "p": jax.tree.map(jnp.copy, params), "s": tx.init(params), "times": []}
+    box["p"], box["s"] = box["f"](box["p"], box["s"], g)
+    jax.block_until_ready(box["p"])
+    boxes.append(box)
+  for _ in range(rounds):
+    for box in boxes:
+      for _ in range(steps):
+        t0 = time.perf_counter()
+        box["p"], box["s"] = box["f"](box["p"], box["s"], g)
+        jax.block_until_ready(box["p"])
+        box["times"].append(time.perf_counter() - t0)
+  base = statistics.median(boxes[0]["times"])
+  return {name: statistics.median(box["times"]) / base for name, box in zip(names[1:], boxes[1:], strict=True)}
 
 
 def _tasks():
@@ -149,7 +185,13 @@ def run(smoke: bool, out: Path, log=print) -> dict:
           f"{row['peak_bytes_per_param']:.3f} B/param  step x{row['x_optax']:.2f} optax  loss "
           + "  ".join(f"{t} {losses[t]:.4f} ({row['loss_vs_float32'][t]:+.2%})" for t in tasks)
       )
-  result = {"machine": machine(), "rows": rows, "smoke": smoke}
+  inject_rounds, inject_steps = (2, 5) if smoke else (30, 20)
+  inject = []
+  for name, sd in STATE_DTYPES.items():
+    ratios = injected(sd, inject_rounds, inject_steps)
+    inject.append({"state_dtype": name, "traced_over_static": ratios})
+    log(f"inject_hyperparams  {name:<9} traced/static step: " + "  ".join(f"{k} x{v:.2f}" for k, v in ratios.items()))
+  result = {"machine": machine(), "rows": rows, "inject": inject, "smoke": smoke}
   out.mkdir(parents=True, exist_ok=True)
   (out / "low_bit.json").write_text(json.dumps(result, indent=1))
   (out / "low_bit.md").write_text(markdown(result))
@@ -172,6 +214,16 @@ def markdown(result: dict) -> str:
         f"| {r['variant']} | {r['state_dtype']} | {r['state_bytes_per_param']:.3f} | {r['peak_bytes_per_param']:.3f} | "
         f"{r['x_optax']:.2f} | {loss('digits')} | {loss('synthetic')} |"
     )
+  lines += [
+      "",
+      "Under `optax.inject_hyperparams` (small leaves 64x128, 128x128, 128x10; momentum 0.9): the step with one",
+      "hyperparameter injected (a traced array) over the step with all of them static.",
+      "",
+      "| state_dtype | " + " | ".join(f"`{k}` traced / static" for k in INJECTED) + " |",
+      "|---|" + "---|" * len(INJECTED),
+  ]
+  for r in result["inject"]:
+    lines.append(f"| {r['state_dtype']} | " + " | ".join(f"{r['traced_over_static'][k]:.2f}" for k in INJECTED) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -491,5 +491,5 @@ class Blockwise4bit:
 
 
 _EIGHT = Blockwise8bit()
-_storage.register_codec(_EIGHT)
-_storage.register_codec(Blockwise4bit())
+_storage.register_codec(_EIGHT, "8-bit")
+_storage.register_codec(Blockwise4bit(), "4-bit")

@@ -349,8 +349,12 @@ def _scale_by_second_moment(
       scale = inv
     else:
       # A zero denominator (eps = 0 and no gradient yet) gives a zero step, not 0 * inf = NaN.
-      # (The discarded branch may be inf or NaN; the select never lets it through.)
-      scale = jnp.where(den > 0, inv, 0)
+      # (The discarded branch may be inf or NaN; the select never lets it through.) Tested on
+      # ``inv`` rather than ``den > 0``: den >= 0 or NaN, so the same elements, and also a den so
+      # small (a subnormal eps outside the root) that 1 / den overflows. A second reader of ``den``
+      # made XLA recompute the 4-bit decode of nu for each: 5x the step with a static eps (traced
+      # under inject_hyperparams, eps takes this branch).
+      scale = jnp.where(inv < jnp.inf, inv, 0)
     return (scale.astype(gc.dtype) * gc).astype(g.dtype)
 
   run_moments, run_scaled = _per_leaf(moments, decay=decay), _per_leaf(scaled, eps=eps)

@@ -76,18 +76,29 @@ def register_codec(codec: Codec, *aliases: str) -> None:
 
 def resolve_state_dtype(fn: str, state_dtype: Any):
   """Validates ``state_dtype``: ``None`` (the parameters' dtype), a real float dtype, or the name of a
-  registered codec (``"8bit"``, ``"4bit"``); returns ``None``, a dtype or the codec."""
+  registered codec (``"8bit"``, ``"4bit"``, or an alias such as ``"8-bit"``); returns ``None``, a
+  dtype or the codec."""
   if state_dtype is None:
     return None
   if isinstance(state_dtype, str) and state_dtype.lower() in _CODECS:
     return _CODECS[state_dtype.lower()]
-  allowed = ", ".join((*_FLOAT_DTYPES, *(repr(n) for n in sorted(_CODECS))))
+  codecs = sorted({codec.name for codec in _CODECS.values()})
+  allowed = ", ".join((*_FLOAT_DTYPES, *(repr(n) for n in codecs)))
+  problem = f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {allowed}"
+  if isinstance(state_dtype, (jax.Array, np.ndarray, jax.core.Tracer)):
+    # optax.inject_hyperparams calls a callable argument as a schedule, and a dtype class
+    # (jnp.bfloat16) is callable: what arrives is an array.
+    raise ValueError(
+        f"{problem}, got an array ({state_dtype.dtype}[{','.join(map(str, state_dtype.shape))}]); under "
+        "optax.inject_hyperparams a dtype class such as jnp.bfloat16 is called as a schedule: pass its name "
+        "(state_dtype='bfloat16') or static_args=('state_dtype',)"
+    )
   try:
     dt = jnp.dtype(state_dtype)
-  except TypeError as e:
-    raise ValueError(f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {allowed}") from e
+  except (TypeError, ValueError) as e:
+    raise ValueError(problem) from e
   if dt.name not in _FLOAT_DTYPES:
-    raise ValueError(f"{fn}(state_dtype={state_dtype!r}): state_dtype must be None or one of {allowed}, got {dt.name}")
+    raise ValueError(f"{problem}, got {dt.name}")
   return dt
 
 

@@ -207,6 +207,39 @@ def test_invalid_state_dtype(make, state_dtype):
     make(**required, state_dtype=state_dtype)
 
 
+@pytest.mark.parametrize("spelling", ["8-bit", "4-bit", "8BIT", "4Bit"])
+def test_state_dtype_names_with_a_hyphen_or_capitals_are_accepted(spelling):
+  """"8-bit" stores the same codes as "8bit" (its nu a uint8 code per element), "4-bit" as "4bit"."""
+  params = {"w": jnp.ones((64, 128))}
+  width = {"8": jnp.uint8, "4": jnp.uint32}[spelling[0]]
+  state = orp.rmsprop(0.1, state_dtype=spelling).init(params)
+  assert state[0].nu["w"].codes.dtype == width
+
+
+@pytest.mark.parametrize("state_dtype", ["8 bit", "2bit", "int4", "bits"])
+def test_unknown_state_dtype_names_list_the_choices(state_dtype):
+  """Our own error (not numpy's "format number 1 of ... is not recognized"), listing every choice."""
+  with pytest.raises(ValueError) as info:
+    orp.rmsprop(0.1, state_dtype=state_dtype)
+  message = str(info.value)
+  assert message.startswith(f"rmsprop(state_dtype={state_dtype!r}): state_dtype must be None or one of ")
+  for choice in ("float16", "bfloat16", "float32", "float64", "'8bit'", "'4bit'"):
+    assert choice in message
+
+
+def test_dtype_class_under_inject_hyperparams_says_how_to_pass_it():
+  """inject_hyperparams calls a callable argument as a schedule: jnp.bfloat16 arrives as an array."""
+  params = {"w": jnp.ones(4)}
+  tx = optax.inject_hyperparams(orp.rmsprop)(learning_rate=0.1, state_dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match=re.escape("pass its name (state_dtype='bfloat16') or static_args=('state_dtype',)")):
+    tx.init(params)
+  for tx in (
+      optax.inject_hyperparams(orp.rmsprop)(learning_rate=0.1, state_dtype="bfloat16"),
+      optax.inject_hyperparams(orp.rmsprop, static_args=("state_dtype",))(learning_rate=0.1, state_dtype=jnp.bfloat16),
+  ):
+    assert tx.init(params).inner_state[0].nu["w"].dtype == jnp.bfloat16
+
+
 def test_complex_params_with_half_precision_state_say_why():
   tx = orp.rmsprop(0.1, momentum=0.9, state_dtype=jnp.bfloat16)
   with pytest.raises(ValueError, match="cannot hold the complex buffers"):

@@ -74,3 +74,9 @@ def test_low_bit_benchmark_smoke(tmp_path):
   for r in result["rows"]:
     assert r["peak_bytes_per_param"] >= r["state_bytes_per_param"]
     assert r["x_optax"] > 0 and all(math.isfinite(v) for v in r["loss"].values())
+  # The inject_hyperparams section: a ratio per state_dtype and injected hyperparameter (not timed here).
+  inject = {r["state_dtype"]: r["traced_over_static"] for r in result["inject"]}
+  assert set(inject) == {"float32", "bfloat16", "8bit", "4bit"}
+  for ratios in inject.values():
+    assert set(ratios) == {"eps", "decay", "momentum"} and all(v > 0 and math.isfinite(v) for v in ratios.values())
+  assert "inject_hyperparams" in md
