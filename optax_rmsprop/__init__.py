@@ -3,6 +3,7 @@
 # Registers state_dtype="8bit" with _storage (the core does not import the quantized codec).
 from optax_rmsprop import _quant as _quant  # noqa: F401
 from optax_rmsprop import compat as compat
+from optax_rmsprop._convert import convert_state as convert_state
 from optax_rmsprop._rmsprop import DecoupledWeightDecayState as DecoupledWeightDecayState
 from optax_rmsprop._rmsprop import adagrad as adagrad
 from optax_rmsprop._rmsprop import decoupled_weight_decay as decoupled_weight_decay
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compat",
+    "convert_state",
     "DecoupledWeightDecayState",
     "adagrad",
     "decoupled_weight_decay",

@@ -330,15 +330,17 @@ def _full_precision(param, *, row: int = 1) -> bool:
   return jnp.issubdtype(jnp.result_type(param), jnp.complexfloating) or math.prod(shape) < MIN_SIZE or shape[-1] < row
 
 
-def _filled(param, code: int, fill: float, nb: int, block: int, *, packed: bool):
+def _filled(param, code, fill, nb: int, block: int, *, packed: bool):
   """Codes and scales of a buffer holding ``fill`` everywhere, built without a reduction (XLA
   spends seconds constant-folding a blockwise maximum over a large constant buffer): every code is
-  ``code`` and every scale ``fill``. From an array ``param`` they are computed from it elementwise
-  (and by slicing), so that under jit they take its sharding (see ``_storage._like_param``)."""
+  ``code`` and every scale ``fill`` (numbers, or scalars traced under inject_hyperparams). From an
+  array ``param`` they are computed from it elementwise (and by slicing), so that under jit they
+  take its sharding (see ``_storage._like_param``)."""
   shape = jnp.shape(param)
   code_shape = (*shape[:-1], nb * block // WORD) if packed else shape
   scale_shape = (*shape[:-1], nb)
-  c, v = (jnp.uint32 if packed else jnp.uint8)(code), jnp.float32(fill)
+  c = jnp.asarray(code, jnp.uint32 if packed else jnp.uint8)
+  v = _storage.hyper(fill, jnp.float32)
   if not isinstance(param, (jax.Array, jax.core.Tracer)) and not hasattr(param, "__array__"):
     # An abstract leaf (jax.ShapeDtypeStruct): its sharding fits only a buffer of its shape.
     sharding = getattr(param, "sharding", None)
@@ -377,8 +379,8 @@ class Blockwise8bit:
     last = jnp.shape(param)[-1]
     nb, block = blocks(last, BLOCK8)
     # Every element at the block's maximum (the fill), or a zero scale (signed buffers start at 0).
-    code = 127 if not real else (255 if fill else 0)
-    codes, scale = _filled(param, code, float(fill) if real else 0.0, nb, block, packed=False)
+    code = 127 if not real else jnp.where(_storage.hyper(fill, jnp.float32) > 0, 255, 0)
+    codes, scale = _filled(param, code, fill if real else 0.0, nb, block, packed=False)
     return Quantized8bit(codes=codes, scale=scale, signed=not real)
 
   def load(self, buffer, cdt):
@@ -442,7 +444,7 @@ class Blockwise4bit:
     last = jnp.shape(param)[-1]
     nb, block = blocks(last, BLOCK4, multiple=WORD)
     # q = 15 (every code of the word) is the block's maximum, the fill itself; any code of a zero scale is 0.
-    codes, scale = _filled(param, 0xFFFFFFFF, float(fill), nb, block, packed=True)
+    codes, scale = _filled(param, 0xFFFFFFFF, fill, nb, block, packed=True)
     return Quantized4bit(codes=codes, scale=scale, last=last)
 
   def load(self, buffer, cdt):

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", ["optax_rmsprop/_rmsprop.py", "optax_rmsprop/compat.py", "optax_rmsprop/_sharding.py"])
+@pytest.mark.parametrize("module", ["optax_rmsprop/_rmsprop.py", "optax_rmsprop/compat.py", "optax_rmsprop/_sharding.py", "optax_rmsprop/_convert.py"])
 def test_docstring_examples(module):
   proc = subprocess.run(
       [sys.executable, "-m", "doctest", str(ROOT / module)],

@@ -272,6 +272,24 @@ def test_init_is_the_fill_without_a_reduction(state_dtype, initial_scale):
   np.testing.assert_array_equal(np_load(optax.tree_utils.tree_get(state, "trace")["w"]), 0.0)
 
 
+@pytest.mark.parametrize("state_dtype", CODECS)
+@pytest.mark.parametrize("initial_scale", [0.0, 0.5])
+def test_init_with_an_injected_initial_scale(state_dtype, initial_scale):
+  """Under inject_hyperparams the fill is a traced scalar: jit and eval_shape of init work (a
+  restore target from shapes alone) and hold the fill, codes and scales as numpy's encoding of it."""
+  params = {"w": jnp.ones((64, 128), jnp.float32)}
+  tx = optax.inject_hyperparams(optax_rmsprop.rmsprop)(1e-3, initial_scale=initial_scale, state_dtype=state_dtype)
+  state = jax.jit(tx.init)(params)
+  nu = state.inner_state[0].nu["w"]
+  np.testing.assert_array_equal(np_load(nu), initial_scale)
+  codes, scales = np_store(np.full((64, 128), initial_scale), nu)
+  np.testing.assert_array_equal(np.asarray(nu.scale), scales)
+  if initial_scale:  # (a zero scale decodes to 0 whatever the codes: init leaves 4-bit's at 15)
+    np.testing.assert_array_equal(np.asarray(nu.codes), codes)
+  abstract = jax.eval_shape(tx.init, params)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+
+
 def _np_rmsprop(p, grads, lr, decay, eps, momentum=None, weight_decay=None):
   """Float64 NumPy transcription of optax.rmsprop (+ decoupled weight decay on the old params)."""
   p = p.astype(np.float64)
