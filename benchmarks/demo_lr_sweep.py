@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 from sklearn.model_selection import train_test_split
 
-from optax_rmsprop import _demo
+from optax_rmsprop import _demo, _demo_train
 
 GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -33,7 +33,7 @@ def _val_curve(make, steps: int):
     tx = optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(learning_rate=lr)
 
     def loss(p, xs, ys):
-      return _demo._loss(nnx.merge(graphdef, p)(xs), ys)
+      return _demo_train._loss(nnx.merge(graphdef, p)(xs), ys)
 
     def step(carry, _):
       p, s = carry
@@ -58,7 +58,7 @@ def main() -> None:
   for seed in range(args.seeds):
     x, y, _, _ = _demo.load_digits(seed)
     x, x_val, y, y_val = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
-    graphdef, params = nnx.split(_demo.init_model(x.shape[1], seed), nnx.Param)
+    graphdef, params = nnx.split(_demo_train.init_model(x.shape[1], seed), nnx.Param)
     for name, spec in _demo.OPTIMIZERS.items():
       fn = _val_curve(spec.make, args.steps)
       for j, lr in enumerate(GRID):

@@ -28,9 +28,10 @@ shrinks with them and the effective step grows until it overshoots), so the loss
 step alone depends on where a spike lands (mean over seeds at 1e-2: 0.41 after step 300). With
 these rates the adaptive methods reach a similar loss and SGD is a little behind after 300 steps.
 
-The scikit-learn, matplotlib and tqdm imports are deferred (they are development extras, not
-runtime dependencies of the package): a missing one fails with a :class:`DemoDependencyError`
-that says what to install.
+Flax, scikit-learn, matplotlib and tqdm are the ``demo`` extra, not dependencies of the package:
+they are imported only once the demo runs (the model and its steps live in ``_demo_train``), and
+any of them missing fails before training with one :class:`DemoDependencyError` that names them
+all and the extra to install.
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ import os
 import pathlib
 import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 import optax_rmsprop
 
@@ -59,6 +58,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "OPTIMIZERS",
     "DemoDependencyError",
+    "require_demo_extra",
     "OptimizerResult",
     "OptimizerSpec",
     "run",
@@ -100,7 +100,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 
 class DemoDependencyError(RuntimeError):
-  """A package the demo needs (a development extra) is not installed."""
+  """A package the demo needs (the ``demo`` extra) is not installed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +129,21 @@ class OptimizerResult:
     return float(self.test_curve[-1])
 
 
-def _require(module: str, package: str) -> Any:
-  try:
-    return importlib.import_module(module)
-  except ModuleNotFoundError as e:
-    raise DemoDependencyError(
-        f"the demo needs {package} ({e}); install the development extras: pip install 'optax_rmsprop[dev]'"
-    ) from None
+# The demo extra: the modules the demo imports, and the packages that provide them.
+DEMO_EXTRA = {"flax": "flax", "sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+INSTALL_HINT = "pip install 'optax_rmsprop[demo]'"
+
+
+def require_demo_extra() -> None:
+  """Raises one :class:`DemoDependencyError` naming every package of the demo extra not installed."""
+  missing = []
+  for module, package in DEMO_EXTRA.items():
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      missing.append(package)
+  if missing:
+    raise DemoDependencyError(f"the demo needs {', '.join(missing)}, not installed; install the demo extra: {INSTALL_HINT}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,8 +152,7 @@ def _require(module: str, package: str) -> Any:
 
 def load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """scikit-learn's digits scaled to [0, 1], split 75/25 (stratified) by ``seed``."""
-  datasets = _require("sklearn.datasets", "scikit-learn")
-  model_selection = _require("sklearn.model_selection", "scikit-learn")
+  from sklearn import datasets, model_selection
   digits = datasets.load_digits()
   x = (digits.data / 16.0).astype(np.float32)
   y = digits.target.astype(np.int32)
@@ -153,78 +160,6 @@ def load_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
       x, y, test_size=TEST_FRACTION, random_state=seed, stratify=y
   )
   return x_train, y_train, x_test, y_test
-
-
-class MLP(nnx.Module):
-  """A one-hidden-layer ReLU classifier."""
-
-  def __init__(self, features: int, hidden: int, classes: int, *, rngs: nnx.Rngs):
-    self.hidden = nnx.Linear(features, hidden, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-    self.out = nnx.Linear(hidden, classes, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(nnx.relu(self.hidden(x)))
-
-
-def init_model(features: int, seed: int) -> MLP:
-  """The MLP every optimizer starts from, initialised from ``seed`` (flax's default initialisers).
-
-  Built under ``nnx.jit`` from an RBG key: on CPU, compiling the eager threefry initialisation ops
-  one by one takes longer than training the model.
-  """
-  return nnx.jit(lambda: MLP(features, HIDDEN, CLASSES, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg"))))()
-
-
-def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-@nnx.jit
-def _train_step(model: MLP, optimizer: nnx.Optimizer, x, y, x_test, y_test) -> tuple[jax.Array, jax.Array]:
-  """One full-batch update; returns the train and test losses of the parameters it started from."""
-  loss, grads = nnx.value_and_grad(lambda m: _loss(m(x), y))(model)
-  test_loss = _loss(model(x_test), y_test)
-  optimizer.update(model, grads)
-  return loss, test_loss
-
-
-@nnx.jit
-def _evaluate(model: MLP, x, y) -> tuple[jax.Array, jax.Array]:
-  """Per-example cross-entropy and correctness (train and test in one call: one compilation)."""
-  logits = model(x)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y), jnp.argmax(logits, axis=-1) == y
-
-
-def _train(spec: OptimizerSpec, model: MLP, data: Sequence[jax.Array], steps: int, progress: bool) -> OptimizerResult:
-  tqdm = _require("tqdm", "tqdm").tqdm
-  x, y, x_test, y_test = data
-  optimizer = nnx.Optimizer(model, spec.make(spec.learning_rate), wrt=nnx.Param)
-
-  # Compile on throw-away copies so that the timed loop below measures steps, not compilation.
-  jax.block_until_ready(_train_step(nnx.clone(model), nnx.clone(optimizer), *data))
-
-  # cached_partial skips re-walking the model and optimizer graphs on every call.
-  step = nnx.cached_partial(_train_step, model, optimizer)
-  train_curve, test_curve = [], []
-  start = time.perf_counter()
-  for _ in tqdm(range(steps), desc=f"{spec.name:>8}", unit="step", disable=not progress, file=sys.stderr):
-    loss, test_loss = step(*data)
-    train_curve.append(loss)
-    test_curve.append(test_loss)
-  jax.block_until_ready((train_curve, test_curve))
-  ms_per_step = (time.perf_counter() - start) / steps * 1e3
-
-  losses, correct = (np.asarray(a) for a in _evaluate(model, jnp.concatenate([x, x_test]), jnp.concatenate([y, y_test])))
-  n = len(x)
-  return OptimizerResult(
-      name=spec.name,
-      learning_rate=spec.learning_rate,
-      train_curve=np.append(np.asarray(jnp.stack(train_curve)), losses[:n].mean()).astype(np.float64),
-      test_curve=np.append(np.asarray(jnp.stack(test_curve)), losses[n:].mean()).astype(np.float64),
-      train_acc=float(correct[:n].mean()),
-      test_acc=float(correct[n:].mean()),
-      ms_per_step=ms_per_step,
-  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +190,6 @@ def format_table(results: Sequence[OptimizerResult]) -> str:
 
 def plot_curves(results: Sequence[OptimizerResult], out: pathlib.Path, title: str) -> None:
   """Writes train and test loss curves side by side as a PNG, without touching pyplot's state."""
-  _require("matplotlib", "matplotlib")
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -312,12 +246,12 @@ def run(
   if steps < 1:
     raise ValueError(f"run(steps={steps!r}): steps must be at least 1")
   out = pathlib.Path(out)
-  for module, package in (("tqdm", "tqdm"), ("matplotlib", "matplotlib")):
-    _require(module, package)  # fail before training, not after
+  require_demo_extra()  # fail before training, not after
+  from optax_rmsprop import _demo_train
 
   x, y, x_test, y_test = load_digits(seed)
   data = tuple(jnp.asarray(a) for a in (x, y, x_test, y_test))
-  initial = init_model(x.shape[1], seed)
+  initial = _demo_train.init_model(x.shape[1], seed)
   print(
       f"Flax NNX MLP {x.shape[1]}-{HIDDEN}-{CLASSES} on scikit-learn digits: {len(x)} train / {len(x_test)} test images, "
       f"{steps} full-batch steps per optimizer, seed {seed}, JAX {jax.__version__} on "
@@ -326,7 +260,7 @@ def run(
       flush=True,
   )
 
-  results = [_train(OPTIMIZERS[name], nnx.clone(initial), data, steps, progress) for name in optimizers]
+  results = [_demo_train.train(OPTIMIZERS[name], initial, data, steps, progress) for name in optimizers]
 
   print(format_table(results), file=stdout)
   plot_curves(results, out, f"Flax NNX MLP on scikit-learn digits: {steps} full-batch steps, seed {seed}")

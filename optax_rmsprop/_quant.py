@@ -54,6 +54,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -137,6 +138,17 @@ class Quantized4bit:
   @property
   def dtype(self):
     return self.codes.dtype
+
+
+# jax.export serialises a step's pytrees of arguments and results by registered names; the static
+# fields (``signed``, ``last``) travel as JSON.
+for _node in (Quantized8bit, Quantized4bit):
+  jax.export.register_pytree_node_serialization(
+      _node,
+      serialized_name=f"optax_rmsprop.{_node.__name__}",
+      serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
+      deserialize_auxdata=lambda data: tuple(json.loads(data)),
+  )
 
 
 _PHI = 0.6180339887498949  # the golden ratio's fractional part

@@ -51,6 +51,9 @@ class DecoupledWeightDecayState(NamedTuple):
   step: jax.Array
 
 
+jax.export.register_namedtuple_serialization(DecoupledWeightDecayState, serialized_name="optax_rmsprop.DecoupledWeightDecayState")
+
+
 class _Kernel(NamedTuple):
   """A stage's arithmetic per leaf, for running it (and its neighbours in :func:`chain`) chunk by
   chunk over low-bit state (see ``_chunks``): ``prepare(updates, state) -> (ctx, buffer trees)``

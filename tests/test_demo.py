@@ -146,11 +146,48 @@ def test_python_m_exits_2_with_one_line(argv, message, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module, package", [("sklearn.datasets", "scikit-learn"), ("matplotlib", "matplotlib")])
-def test_missing_extra_is_named_before_training(module, package, tmp_path, capsys, monkeypatch):
-  monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
-  monkeypatch.setattr(_demo, "_train", lambda *args: pytest.fail("trained without a needed package"))
+@pytest.mark.parametrize(
+    "hidden, named",
+    [(["sklearn"], ["scikit-learn"]), (["matplotlib"], ["matplotlib"]), (["flax"], ["flax"]), (["tqdm"], ["tqdm"]),
+     (["flax", "sklearn", "matplotlib", "tqdm"], ["flax", "scikit-learn", "matplotlib", "tqdm"])],
+)
+def test_missing_demo_extra_is_named_once_before_training(hidden, named, tmp_path, capsys, monkeypatch):
+  for module in hidden:
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+  monkeypatch.setattr(_demo, "load_digits", lambda *args: pytest.fail("went on without a needed package"))
   assert _cli.main(["demo", "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress"]) == 1
   lines = capsys.readouterr().err.splitlines()
-  assert len(lines) == 1 and f"needs {package}" in lines[0] and "pip install 'optax_rmsprop[dev]'" in lines[0]
+  assert len(lines) == 1, lines
+  assert f"needs {', '.join(named)}, not installed" in lines[0]
+  assert "install the demo extra: pip install 'optax_rmsprop[demo]'" in lines[0]
   assert not (tmp_path / "x.png").exists()
+
+
+# Hides the demo extra from the interpreter (as if only the package's requirements were installed).
+_WITHOUT_EXTRA = """
+import sys
+class Hide:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("flax", "sklearn", "matplotlib", "tqdm"):
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Hide())
+"""
+
+
+def test_package_and_command_line_import_without_the_demo_extra(tmp_path):
+  """``import optax_rmsprop`` never imports flax; without the demo extra the library trains and
+  ``python -m optax_rmsprop demo`` says, in one line, which extra to install (exit status 1)."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  code = _WITHOUT_EXTRA + """
+import jax.numpy as jnp, optax_rmsprop, optax_rmsprop._cli
+tx = optax_rmsprop.rmsprop(1e-3, state_dtype="8bit")
+u, _ = tx.update({"w": jnp.ones((64, 128))}, tx.init({"w": jnp.ones((64, 128))}))
+assert not [m for m in sys.modules if m.split(".")[0] in ("flax", "sklearn", "matplotlib", "tqdm", "orbax")], sorted(sys.modules)
+sys.exit(optax_rmsprop._cli.main(["demo", "--no-progress", "--out", "x.png"]))
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.stdout == ""
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert "needs flax, scikit-learn, matplotlib, tqdm, not installed; install the demo extra: pip install 'optax_rmsprop[demo]'" in lines[0]

@@ -9,6 +9,7 @@ Built with --no-isolation from the installed hatchling (the docs extra), so no n
 import email.parser
 import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -56,6 +57,18 @@ def test_wheel_holds_the_package_and_py_typed(dist):
   urls = dict(value.split(", ", 1) for value in meta.get_all("Project-URL"))
   assert set(urls) == {"Homepage", "Documentation", "Source", "Issues", "Changelog"}, urls
   assert all(url.startswith("https://github.com/optax-rmsprop/optax_rmsprop") for url in urls.values()), urls
+  # Required: what the library imports, nothing for the demo (flax, plotting) or the tests.
+  requires = meta.get_all("Requires-Dist")
+  required = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
+  assert required == {"jax", "optax", "numpy"}, requires
+  demo = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requires if re.search(r"extra == ['\"]demo['\"]", r)}
+  assert demo == {"flax", "scikit-learn", "matplotlib", "tqdm"}, requires
+  # The license: its expression in the metadata and its text in the wheel.
+  assert meta["License-Expression"] == "Apache-2.0"
+  licence = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+  with zipfile.ZipFile(wheel) as zf:
+    text = zf.read(licence).decode()
+  assert "Apache License" in text and "Version 2.0, January 2004" in text and "TERMS AND CONDITIONS" in text
   classifiers = meta.get_all("Classifier")
   assert "Typing :: Typed" in classifiers and "Programming Language :: Python :: 3.11" in classifiers
   assert meta["Requires-Python"] == ">=3.11"
@@ -66,7 +79,7 @@ def test_sdist_holds_the_sources(dist):
   _, sdist = dist
   with tarfile.open(sdist) as tf:
     names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
-  expected = {"pyproject.toml", "README.md", "Makefile", "optax_rmsprop/py.typed", "docs/conf.py", "docs/index.md"}
+  expected = {"pyproject.toml", "README.md", "LICENSE", "Makefile", "optax_rmsprop/py.typed", "docs/conf.py", "docs/index.md"}
   expected |= {f"optax_rmsprop/{m}" for m in MODULES}
   expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("*.py")}
   expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb")}
