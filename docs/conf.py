@@ -61,7 +61,8 @@ _mathjax_spec = importlib.util.find_spec("sphinx-mathjax-offline")
 if _mathjax_spec is None or not _mathjax_spec.submodule_search_locations:
   raise RuntimeError("MathJax files not found: install the docs extra (pip install -e '.[docs]')")
 MATHJAX_STATIC = pathlib.Path(list(_mathjax_spec.submodule_search_locations)[0]) / "static"
-html_static_path = [str(MATHJAX_STATIC)]
+html_static_path = [str(MATHJAX_STATIC), "_static"]
+html_css_files = ["custom.css"]  # wide tables scroll rather than being cut off
 mathjax_path = "mathjax/tex-chtml.js"
 # textmacros: the docstrings' \text{...} may hold escapes such as eps\_in\_sqrt.
 mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]}, "tex": {"packages": {"[+]": ["textmacros"]}}}

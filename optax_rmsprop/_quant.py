@@ -143,12 +143,15 @@ class Quantized4bit:
 # jax.export serialises a step's pytrees of arguments and results by registered names; the static
 # fields (``signed``, ``last``) travel as JSON.
 for _node in (Quantized8bit, Quantized4bit):
-  jax.export.register_pytree_node_serialization(
-      _node,
-      serialized_name=f"optax_rmsprop.{_node.__name__}",
-      serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
-      deserialize_auxdata=lambda data: tuple(json.loads(data)),
-  )
+  try:
+    jax.export.register_pytree_node_serialization(
+        _node,
+        serialized_name=f"optax_rmsprop.{_node.__name__}",
+        serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
+        deserialize_auxdata=lambda data: tuple(json.loads(data)),
+    )
+  except ValueError:  # the name is taken: this file imported a second time
+    pass
 
 
 _PHI = 0.6180339887498949  # the golden ratio's fractional part

@@ -51,7 +51,10 @@ class DecoupledWeightDecayState(NamedTuple):
   step: jax.Array
 
 
-jax.export.register_namedtuple_serialization(DecoupledWeightDecayState, serialized_name="optax_rmsprop.DecoupledWeightDecayState")
+try:  # for jax.export's serialisation of a step's state
+  jax.export.register_namedtuple_serialization(DecoupledWeightDecayState, serialized_name="optax_rmsprop.DecoupledWeightDecayState")
+except ValueError:  # the name is taken: this file imported a second time (as doctest runs it)
+  pass
 
 
 class _Kernel(NamedTuple):

@@ -51,16 +51,32 @@ def test_api_table_names_every_public_constructor():
   assert not missing, f"the README's API table does not name {missing}"
 
 
-def test_links_resolve_to_files_and_point_at_the_docs():
+REPO = "https://github.com/optax-rmsprop/optax_rmsprop/"
+
+
+def test_links_are_absolute_resolve_to_files_and_point_at_the_docs():
+  """Absolute, so that they work where the README is shown away from the repository (a package
+  index page); those into the repository name files that exist."""
   links = re.findall(r"\]\(([^)\s]+)\)", README)
-  local = [link for link in links if not re.match(r"[a-z]+:", link)]
-  broken = [link for link in local if not (ROOT / link.split("#")[0]).exists()]
+  relative = [link for link in links if not re.match(r"https?://", link)]
+  assert not relative, f"README links that break on a package index page: {relative}"
+  ours = [re.sub(r"^(blob|tree)/main/", "", link[len(REPO) :]) for link in links if link.startswith(REPO)]
+  broken = [link for link in ours if not (ROOT / link.split("#")[0]).exists()]
   assert not broken, f"README links to files that do not exist: {broken}"
-  docs = {link for link in local if link.startswith("docs/")}
+  docs = {link for link in ours if link.startswith("docs/")}
   pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts}
   guides = {p for p in pages if p.startswith("docs/guides/")}
   assert guides and guides <= docs, f"guides the README does not link: {sorted(guides - docs)}"
   assert {"docs/getting_started.md", "docs/changelog.md", "docs/api/optax_rmsprop.rst", "docs/api/compat.rst"} <= docs
+
+
+def test_install_section_names_the_package_and_its_demo_extra():
+  install = _section("Install")
+  assert "pip install optax_rmsprop" in install and "pip install 'optax_rmsprop[demo]'" in install
+  pyproject = (ROOT / "pyproject.toml").read_text()
+  for name in ("jax", "optax"):  # the floors the README states are the ones pyproject declares
+    (floor,) = re.findall(rf'^  "{name}>=([0-9.]+)",$', pyproject, re.M)
+    assert f"{name} {floor} or newer" in install, (name, floor)
 
 
 def test_speaks_of_the_project_only():
