@@ -60,6 +60,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 
 from optax_rmsprop import _storage
 
@@ -144,7 +145,7 @@ class Quantized4bit:
 # fields (``signed``, ``last``) travel as JSON.
 for _node in (Quantized8bit, Quantized4bit):
   try:
-    jax.export.register_pytree_node_serialization(
+    jax_export.register_pytree_node_serialization(
         _node,
         serialized_name=f"optax_rmsprop.{_node.__name__}",
         serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import export as jax_export
 from optax._src import transform as _optax_transform
 
 from optax_rmsprop import _checks, _chunks, _storage
@@ -52,7 +53,7 @@ class DecoupledWeightDecayState(NamedTuple):
 
 
 try:  # for jax.export's serialisation of a step's state
-  jax.export.register_namedtuple_serialization(DecoupledWeightDecayState, serialized_name="optax_rmsprop.DecoupledWeightDecayState")
+  jax_export.register_namedtuple_serialization(DecoupledWeightDecayState, serialized_name="optax_rmsprop.DecoupledWeightDecayState")
 except ValueError:  # the name is taken: this file imported a second time (as doctest runs it)
   pass
 

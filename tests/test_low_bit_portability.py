@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import export
 
 import optax_rmsprop
 
@@ -123,7 +124,7 @@ def _register_optax_states(tree) -> None:
     if isinstance(x, tuple) and hasattr(x, "_fields") and type(x).__module__.startswith("optax") and type(x) not in seen:
       seen.add(type(x))
       try:
-        jax.export.register_namedtuple_serialization(type(x), serialized_name=f"{type(x).__module__}.{type(x).__name__}")
+        export.register_namedtuple_serialization(type(x), serialized_name=f"{type(x).__module__}.{type(x).__name__}")
       except ValueError:  # already registered
         pass
     if isinstance(x, (tuple, list)):
@@ -145,9 +146,9 @@ def test_jax_export_round_trip(state_dtype, variant):
   s = tx.init(p)
   spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   _register_optax_states(s)
-  exported = jax.export.export(_step(tx), platforms=("cpu", "cuda", "tpu"))(spec(p), spec(s), spec(g))
+  exported = export.export(_step(tx), platforms=("cpu", "cuda", "tpu"))(spec(p), spec(s), spec(g))
   assert "custom_call" not in exported.mlir_module()
-  restored = jax.export.deserialize(exported.serialize())
+  restored = export.deserialize(exported.serialize())
   got = restored.call(p, s, g)
   want = _step(tx)(p, s, g)
   assert jax.tree.structure(got) == jax.tree.structure(want)
