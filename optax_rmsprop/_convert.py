@@ -16,6 +16,7 @@ import optax
 from optax._src import transform as _optax_transform
 
 from optax_rmsprop import _checks, _storage
+from optax_rmsprop._rmsprop import _abs2
 
 __all__ = ["convert_state"]
 
@@ -49,14 +50,10 @@ def _written(x, like):
   return _storage.store(x, like)
 
 
-def _abs2(x):
-  return jnp.real(x * jnp.conj(x)) if jnp.iscomplexobj(x) else x * x
-
-
 def _centered(src, dst):
   """A centered state's ``mu`` and ``nu``, with the variance moved in or out of ``nu`` per leaf."""
 
-  def leaf(nu, mu, nu_like, mu_like):
+  def leaf(nu, mu, nu_like):
     m = _value(mu)
     v = _value(nu)
     if _holds_variance(nu):
@@ -65,7 +62,7 @@ def _centered(src, dst):
       v = jnp.maximum(v - _abs2(m).astype(v.dtype), 0)
     return _written(v, nu_like)
 
-  nu = jax.tree.map(leaf, src.nu, src.mu, dst.nu, dst.mu, is_leaf=_is_buffer)
+  nu = jax.tree.map(leaf, src.nu, src.mu, dst.nu, is_leaf=_is_buffer)
   mu = jax.tree.map(lambda m, like: _written(_value(m), like), src.mu, dst.mu, is_leaf=_is_buffer)
   return nu, mu
 
