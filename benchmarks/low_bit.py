@@ -61,24 +61,29 @@ def memory(tx, size: int) -> dict[str, float]:
   return {"state": state_b, "temp": temp_b, "peak": None if temp_b is None else state_b + temp_b}
 
 
-def speed(tx, kw: dict, size: int, rounds: int, steps: int) -> float:
-  """Median step time over optax.rmsprop's (flags ``kw``, float32 state), interleaved."""
-  g = jax.random.normal(jax.random.key(1), (size,), jnp.float32) * 0.01
-  runs = []
-  for t in (tx, optax.rmsprop(LR, **kw)):
-    p = jnp.ones((size,), jnp.float32)
-    box = {"f": _step(t), "p": p, "s": t.init(p), "times": []}
-    box["p"], box["s"] = box["f"](box["p"], box["s"], g)
+def _interleaved(txs, params, g, rounds: int, steps: int) -> list[float]:
+  """Median donated-step time of each of ``txs`` from ``params``, timed interleaved (A B A B ...)."""
+  boxes = []
+  for t in txs:
+    box = {"f": _step(t), "p": jax.tree.map(jnp.copy, params), "s": t.init(params), "times": []}
+    box["p"], box["s"] = box["f"](box["p"], box["s"], g)  # compile
     jax.block_until_ready(box["p"])
-    runs.append(box)
+    boxes.append(box)
   for _ in range(rounds):
-    for box in runs:
+    for box in boxes:
       for _ in range(steps):
         t0 = time.perf_counter()
         box["p"], box["s"] = box["f"](box["p"], box["s"], g)
         jax.block_until_ready(box["p"])
         box["times"].append(time.perf_counter() - t0)
-  return statistics.median(runs[0]["times"]) / statistics.median(runs[1]["times"])
+  return [statistics.median(box["times"]) for box in boxes]
+
+
+def speed(tx, kw: dict, size: int, rounds: int, steps: int) -> float:
+  """Median step time over optax.rmsprop's (flags ``kw``, float32 state), interleaved."""
+  g = jax.random.normal(jax.random.key(1), (size,), jnp.float32) * 0.01
+  ours, theirs = _interleaved((tx, optax.rmsprop(LR, **kw)), jnp.ones((size,), jnp.float32), g, rounds, steps)
+  return ours / theirs
 
 
 INJECTED = ("eps", "decay", "momentum")
@@ -96,22 +101,8 @@ def injected(state_dtype, rounds: int, steps: int) -> dict[str, float]:
     return optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=static)(LR, momentum=0.9, state_dtype=state_dtype)
 
   names = (None, *INJECTED)
-  boxes = []
-  for name in names:
-    tx = make(name)
-    box = {"f": _step(tx), "p": jax.tree.map(jnp.copy, params), "s": tx.init(params), "times": []}
-    box["p"], box["s"] = box["f"](box["p"], box["s"], g)
-    jax.block_until_ready(box["p"])
-    boxes.append(box)
-  for _ in range(rounds):
-    for box in boxes:
-      for _ in range(steps):
-        t0 = time.perf_counter()
-        box["p"], box["s"] = box["f"](box["p"], box["s"], g)
-        jax.block_until_ready(box["p"])
-        box["times"].append(time.perf_counter() - t0)
-  base = statistics.median(boxes[0]["times"])
-  return {name: statistics.median(box["times"]) / base for name, box in zip(names[1:], boxes[1:], strict=True)}
+  base, *times = _interleaved([make(name) for name in names], params, g, rounds, steps)
+  return {name: t / base for name, t in zip(INJECTED, times, strict=True)}
 
 
 def _tasks():
