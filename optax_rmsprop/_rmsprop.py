@@ -246,6 +246,10 @@ def _scale_by_second_moment(
     g2 = _abs2(gc)
     nu_c = _storage.load(nu, cdt)
     nu_raw = g2 + nu_c if accumulate else one_minus_d * g2 + d * nu_c
+    if _storage.as_optax(spec, nu, cdt):
+      # optax's state and arithmetic, nothing added (see _storage.as_optax).
+      mu_raw = _like(one_minus_d, gc) * gc + _like(d, gc) * _storage.load(mu, cdt) if centered else None
+      return nu_raw, mu_raw, nu_raw, mu_raw
     nu_new = _storage.clamp(nu_raw, nu, nonnegative=True)
     nu_out = _storage.write(nu_new, nu)
     # float16 state (see _storage.reads_back) overflows long before float32 arithmetic does: its
@@ -339,12 +343,14 @@ def _scale_by_second_moment(
     if centered:
       # v - |m|^2 >= 0 in exact arithmetic; rounding can make it negative. Where that makes
       # optax's denominator <= 0 (NaN or inf), the variance is taken as 0.
+      # NaN only as inf - inf, where |g| overflowed nu and |mu|^2 (optax's state): a zero step
+      # then, as for the overflowed nu alone. (A NaN gradient still gives a NaN update.)
       var = nu_hat - _abs2(mu_hat)
       if eps_in_sqrt:
         den = var + e
-        den = jnp.where(den > 0, den, e)
+        den = jnp.where(den > 0, den, jnp.where(den <= 0, e, jnp.inf))
       else:
-        den = jnp.sqrt(jnp.maximum(var, 0)) + e
+        den = jnp.sqrt(jnp.where(var > 0, var, jnp.where(var <= 0, 0, jnp.inf))) + e
     else:
       den = nu_hat + e if eps_in_sqrt else jnp.sqrt(nu_hat) + e
     inv = jax.lax.rsqrt(den) if eps_in_sqrt else 1 / den
@@ -485,8 +491,8 @@ def scale_by_rms(
 
   Float32 and float64 updates are bit for bit :func:`optax.scale_by_rms`'s wherever those are
   finite. Beyond it: a zero denominator gives a zero update, arithmetic is in at least float32,
-  complex parameters keep a real :math:`\nu`, and buffers are clamped to their dtype's finite
-  range.
+  complex parameters keep a real :math:`\nu`, and buffers of a given ``state_dtype`` are clamped
+  to its finite range (``None``: optax's buffers and arithmetic, overflow to inf included).
 
   References:
     Hinton, Srivastava, Swersky, `Lecture 6e of Neural Networks for Machine Learning
@@ -701,6 +707,10 @@ def trace(decay: jax.typing.ArrayLike, nesterov: bool = False, *, state_dtype: A
     cdt = _storage.compute_dtype(u.dtype)
     uc = u.astype(_storage.work_dtype(u.dtype))
     d = _like(_scalar(decay, cdt), uc)
+    if _storage.as_optax(spec, b, cdt):  # optax's arithmetic, nothing added (see _storage.as_optax)
+      b_raw = uc + d * _storage.load(b, cdt)
+      out = uc + d * b_raw if nesterov else b_raw
+      return out.astype(u.dtype), b_raw
     b_new = _storage.clamp(uc + d * _storage.load(b, cdt), b)
     b_out = _storage.write(b_new, b)
     # A rounding buffer (bfloat16 or 8-bit state): the step uses the stored momentum, as

@@ -239,6 +239,17 @@ def reads_back(like, cdt) -> bool:
   return real_dtype(like.dtype).itemsize < jnp.dtype(cdt).itemsize and not small_range(like)
 
 
+def as_optax(spec, like, cdt) -> bool:
+  """Whether a buffer is optax's: ``state_dtype=None`` and held in the compute dtype itself
+  (float32 state for float32 parameters, float64 for float64). Its update is then optax's
+  arithmetic and nothing else (no clamp, no select): XLA:CPU decides per compiled program whether
+  each ``a * b + c`` becomes one fma, and from jax 0.12 one extra operation in the step (a clamp,
+  even in a fusion of its own) can change that decision for optax's operations beside it, and so
+  their last bit. Such a buffer overflows as optax's does: to inf, with a zero step there. A
+  ``state_dtype`` given, float32 included, is clamped to its finite range."""
+  return spec is None and codec_of(like) is None and real_dtype(like.dtype) == real_dtype(cdt)
+
+
 def clamp(x, like, *, nonnegative: bool = False):
   """``x`` (compute precision) clamped to the finite range of ``like``'s storage dtype.
 

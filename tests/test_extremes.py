@@ -58,7 +58,9 @@ def _mu(s):
 
 
 # ---------------------------------------------------------------------------------------------
-# A gradient spike whose square overflows must not freeze the parameter.
+# A gradient spike whose square overflows must not freeze the parameter: with a state_dtype given
+# (float32 included), buffers are clamped to its range. state_dtype=None keeps optax's buffers and
+# arithmetic, overflow included (see test_default_state_overflows_as_optax_s).
 
 SPIKE_VARIANTS = {
     "plain": dict(),
@@ -120,7 +122,7 @@ def test_spike_does_not_freeze_the_parameter(variant, dtype, spike):
   # Momentum (0.9) keeps the mismatch of earlier steps: allow it ln(100)/ln(1/0.9) = 44 more steps,
   # enough for the spike step's own update (at most |g|/sqrt(M) * lr) to decay too.
   slack = 50 + (math.ceil(math.log(float(spike) + 1e3) / math.log(1 / 0.9)) if "momentum" in kwargs else 0)
-  tx = orp.rmsprop(0.1, decay=decay, **kwargs)
+  tx = orp.rmsprop(0.1, decay=decay, state_dtype=dtype, **kwargs)
   state, spiked, clean = _spiked_and_clean(tx, dtype, spike, n_before=20, n_after=k + slack + 50)
 
   assert np.isfinite(spiked).all() and _finite(state)
@@ -141,7 +143,7 @@ def test_spike_recovery_happens_when_the_maths_says(dtype, spike):
   # are still visibly smaller. This pins K to the clamp at M, not to some other mechanism.
   decay = 0.9
   m = float(jnp.finfo(dtype).max)
-  tx = orp.rmsprop(1.0, decay=decay)
+  tx = orp.rmsprop(1.0, decay=decay, state_dtype=dtype)
   _, spiked, clean = _spiked_and_clean(tx, dtype, spike, n_before=20, n_after=_recovery_steps(dtype, decay) + 20)
   # nu_k = decay^(k+1) M + O(1): |u_k| = 1/sqrt(nu_k) while decay^k M >> 1.
   for k in (0, 10, _recovery_steps(dtype, decay) // 2):
@@ -155,17 +157,46 @@ def test_spike_recovery_happens_when_the_maths_says(dtype, spike):
     assert 0.5 * np.abs(clean[k]).min() < predicted < 1.0
 
 
-def test_adagrad_spike_shrinks_but_never_zeroes_the_step():
-  # AdaGrad's sum never forgets (the maths): after a spike the steps stay ~ g / sqrt(M), but they
-  # are finite and non-zero, where an infinite accumulator would make them exactly 0 for ever.
-  tx = orp.adagrad(1.0)
+def test_adagrad_spike_gives_zero_steps_as_optax_s():
+  # AdaGrad's sum never forgets (the maths): after a spike whose square overflows, optax's sum is
+  # inf and the steps are 0 from then on (a clamped sum would make them g / sqrt(M) = 5e-20 g).
+  # Ours keeps optax's buffers and arithmetic: the same zeros, never NaN, the same bits.
   params = jnp.zeros(4, F32)
-  state = tx.init(params)
-  _, state = tx.update(jnp.full(4, 1e20, F32), state, params)
-  for _ in range(3):
-    u, state = tx.update(jnp.ones(4, F32), state, params)
-  assert _finite((u, state))
-  np.testing.assert_allclose(np.abs(np.asarray(u)), 1 / math.sqrt(float(jnp.finfo(F32).max)), rtol=1e-5)
+  runs = []
+  for tx in (orp.adagrad(1.0), optax.adagrad(1.0)):
+    state, out = tx.init(params), []
+    for g in [jnp.full(4, 1e20, F32)] + [jnp.ones(4, F32)] * 3:
+      u, state = tx.update(g, state, params)
+      out.append(np.asarray(u))
+    runs.append((np.stack(out), np.asarray(state[0].sum_of_squares)))
+  (ours, sum_ours), (theirs, sum_theirs) = runs
+  assert not np.isnan(ours).any() and np.all(ours[1:] == 0) and np.all(np.isinf(sum_ours))
+  np.testing.assert_array_equal(ours, theirs)
+  np.testing.assert_array_equal(sum_ours, sum_theirs)
+
+
+@pytest.mark.parametrize("variant", list(SPIKE_VARIANTS))
+def test_default_state_overflows_as_optax_s(variant):
+  # state_dtype=None: optax's buffers and arithmetic, nothing added, so that every XLA compiles the
+  # same operations as for optax.rmsprop. After a spike the second moment is inf, as optax's, and
+  # that parameter's steps are 0 (never NaN); the trajectory is optax's bit for bit.
+  kwargs = SPIKE_VARIANTS[variant]
+  ours, theirs = orp.rmsprop(0.1, **kwargs), optax.rmsprop(0.1, **kwargs)
+  s_ours, up_ours, up_clean = _spiked_and_clean(ours, F32, 1e20, n_before=5, n_after=30)
+  s_theirs, up_theirs, _ = _spiked_and_clean(theirs, F32, 1e20, n_before=5, n_after=30)
+  # Centered, |mu|^2 overflows too and optax's variance inf - inf is NaN (or inf, where XLA
+  # contracts it into an fma): ours is a zero step there, as for the overflowed nu alone.
+  assert not np.isnan(up_ours).any() and np.all(np.abs(up_ours) <= np.abs(up_clean).max())
+  assert any(np.isinf(np.asarray(leaf)).any() for leaf in jax.tree.leaves(s_ours[0]))
+  finite = np.isfinite(up_theirs)
+  assert finite.all() or "centered" in variant
+  np.testing.assert_array_equal(up_ours[finite], up_theirs[finite])
+  if "momentum" not in kwargs:  # (with momentum, the trace of earlier steps goes on)
+    assert np.all(up_ours[~finite] == 0)
+  for a, b in zip(jax.tree.leaves(s_ours), jax.tree.leaves(s_theirs), strict=True):
+    a, b = np.asarray(a), np.asarray(b)
+    assert not np.isnan(a).any()
+    np.testing.assert_array_equal(a[~np.isnan(b)], b[~np.isnan(b)])
 
 
 def test_spike_with_float32_gradients_and_float16_state():
@@ -371,7 +402,7 @@ def test_nan_gradient_propagates_into_update_and_state(kwargs):
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(centered=True), dict(momentum=0.9)], ids=["plain", "centered", "momentum"])
 def test_inf_gradient_gives_nonfinite_update_but_finite_state(kwargs):
-  tx = orp.rmsprop(0.1, **kwargs)
+  tx = orp.rmsprop(0.1, state_dtype=F32, **kwargs)
   p = jnp.zeros(2, F32)
   u, s = tx.update(jnp.array([jnp.inf, 1.0], F32), tx.init(p), p)
   if "momentum" in kwargs:  # the momentum buffer is clamped too, so its output is the max, not inf

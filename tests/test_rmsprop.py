@@ -452,7 +452,7 @@ def test_one_huge_gradient_does_not_freeze_the_parameter():
   lr, decay = 0.01, 0.9
   big = float(np.finfo(np.float32).max)
   k_star = math.ceil(math.log(big / 3) / math.log(1 / decay))
-  tx = optax_rmsprop.rmsprop(lr, decay)
+  tx = optax_rmsprop.rmsprop(lr, decay, state_dtype=jnp.float32)  # None: optax's buffers, inf too
   p = jnp.zeros(2, jnp.float32)
   s = tx.init(p)
   _, s = tx.update(jnp.asarray([1e20, 1.0], jnp.float32), s, p)
