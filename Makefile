@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 EXTRAS ?= dev
 comma := ,
 PYTEST_ARGS ?=
+# A pip constraints file (.ci/floors.txt: the oldest supported releases), or empty.
+CONSTRAINTS ?=
 # `make docs` adds the docs extra (Sphinx, myst-nb, the theme, MathJax) to the extras in use.
 DOCS_EXTRAS := $(if $(filter docs,$(subst $(comma), ,$(EXTRAS))),$(EXTRAS),$(EXTRAS),docs)
 SPHINXOPTS ?=
@@ -16,7 +18,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $@
 
 venv: $(VENV)/.installed-$(EXTRAS)

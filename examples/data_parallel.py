@@ -39,6 +39,14 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 import optax_rmsprop  # noqa: E402
 
+# jax.set_mesh (jax 0.7 and later); jax 0.6's context manager is jax.sharding.use_mesh (its
+# jax.sharding.set_mesh sets the mesh for good).
+_set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+
+
+def _spec(x) -> str:
+  return str(x.sharding.spec).replace("PartitionSpec(", "P(")  # jax 0.6 spells it out
+
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
 # Where each parameter lives on the (data, model) mesh.
@@ -105,17 +113,20 @@ def train(args, mesh, *, zero1: bool):
   params = jax.device_put(init_params(jax.random.key(0), args.hidden), param_shardings)
 
   tx = optax_rmsprop.rmsprop(1e-3, centered=True, momentum=0.9, weight_decay=1e-4)
-  with jax.set_mesh(mesh):
+  with _set_mesh(mesh):
     # ZeRO-1: every buffer keeps its parameter's sharding and is split over 'data' as well; the
     # same shardings are the step's, so the state stays partitioned.
     state_shardings = optax_rmsprop.shard_over(jax.eval_shape(tx.init, params), mesh, "data", params=params) if zero1 else None
-    opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    # (No out_shardings argument without ZeRO-1: jax 0.6 reads out_shardings=None under a mesh as
+    # "replicated"; later releases as "unspecified".)
+    init = jax.jit(tx.init, out_shardings=state_shardings) if zero1 else jax.jit(tx.init)
+    opt_state = init(params)
 
     print("optimizer state shardings" + (" (ZeRO-1):" if zero1 else " (each buffer as its parameter):"))
     for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
-      print(f"  {jax.tree_util.keystr(path):<22} {str(leaf.shape):<10} {leaf.sharding.spec}")
+      print(f"  {jax.tree_util.keystr(path):<22} {str(leaf.shape):<10} {_spec(leaf)}")
 
-    @partial(jax.jit, out_shardings=(param_shardings, state_shardings, None) if zero1 else None)
+    @partial(jax.jit, **({"out_shardings": (param_shardings, state_shardings, None)} if zero1 else {}))
     def train_step(params, opt_state, x, y):
       (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -146,7 +157,7 @@ def train(args, mesh, *, zero1: bool):
     accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y_all[test[:n]]))
     print(f"held-out accuracy {accuracy:.3f}")
     w1_nu = opt_state[0].nu["w1"]
-    print(f"after training, nu['w1'] is still {w1_nu.sharding.spec} on {len(w1_nu.sharding.device_set)} devices")
+    print(f"after training, nu['w1'] is still {_spec(w1_nu)} on {len(w1_nu.sharding.device_set)} devices")
   return losses, opt_state
 
 

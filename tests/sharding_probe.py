@@ -32,6 +32,10 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import optax_rmsprop  # noqa: E402
 
+# jax.set_mesh (jax 0.7 and later); jax 0.6's context manager is jax.sharding.use_mesh (its
+# jax.sharding.set_mesh sets the mesh for good).
+_set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 
 # name -> (shape, partition spec on the (data, model) mesh)
@@ -60,7 +64,7 @@ OPTAX_VARIANTS = ("plain", "centered", "momentum", "nesterov", "bias-correction"
 
 def describe(sharding) -> dict:
   if isinstance(sharding, NamedSharding):
-    return {"kind": "named", "spec": str(sharding.spec), "devices": len(sharding.device_set)}
+    return {"kind": "named", "spec": str(sharding.spec).replace("PartitionSpec(", "P("), "devices": len(sharding.device_set)}  # jax 0.6 spells it out
   return {"kind": type(sharding).__name__, "spec": None, "devices": len(sharding.device_set)}
 
 
@@ -134,7 +138,7 @@ def sharded_checkpoint(mesh, params) -> dict:
   """Saves a sharded state with Orbax and restores it into a target built from shapes, with the
   shardings that ``jax.jit(tx.init)`` gives the state (as docs/guides/sharding.md describes)."""
   tx = optax_rmsprop.rmsprop(0.01, centered=True, momentum=0.9, weight_decay=1e-3)
-  with jax.set_mesh(mesh):
+  with _set_mesh(mesh):
     state = jax.jit(tx.init)(params)
     _, state = jax.jit(tx.update)(params, state, params)
   with tempfile.TemporaryDirectory() as d:
@@ -143,7 +147,7 @@ def sharded_checkpoint(mesh, params) -> dict:
     checkpointer.save(path, state)
     checkpointer.wait_until_finished()
     abstract_params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)
-    with jax.set_mesh(mesh):
+    with _set_mesh(mesh):
       shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
       shapes = jax.eval_shape(tx.init, abstract_params)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
@@ -188,7 +192,7 @@ def main() -> None:
     axis_type = getattr(AxisType, axis_name)
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type, axis_type))
     params = make_params(mesh)
-    ctx = (lambda mesh=mesh: jax.set_mesh(mesh)) if ctx_name == "set_mesh" else contextlib.nullcontext
+    ctx = (lambda mesh=mesh: _set_mesh(mesh)) if ctx_name == "set_mesh" else contextlib.nullcontext
     for variant in variants:
       kwargs = {"learning_rate": 0.01, **VARIANTS[variant]}
       impls = {"ours": optax_rmsprop.rmsprop(**kwargs)}

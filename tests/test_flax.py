@@ -14,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
+from nnx_compat import pure as _pure  # noqa: I001
 from sklearn.datasets import load_digits
 
 import optax_rmsprop
@@ -80,10 +81,10 @@ def test_nnx_optimizer_trains_mlp_on_digits(digits, variant):
   reference_losses, _ = _train_nnx(reference(), *digits)
   _check(losses, reference_losses)
   # The optimizer really holds optax's state over the model's nnx.Params (centered: mu and nu).
-  rms_state = nnx.as_pure(optimizer.opt_state)[0]
+  rms_state = _pure(optimizer.opt_state)[0]
   centered = kwargs.get("centered", False)
   assert isinstance(rms_state, optax.ScaleByRStdDevState if centered else optax.ScaleByRmsState)
-  assert int(nnx.as_pure(optimizer.step)) == STEPS
+  assert int(_pure(optimizer.step)) == STEPS
 
 
 class LinenMLP(nn.Module):

@@ -19,6 +19,7 @@ import optax_rmsprop
 from optax_rmsprop import _storage
 
 nnx = pytest.importorskip("flax.nnx")
+from nnx_compat import pure as _pure  # noqa: E402
 
 
 def _train(tx, steps=5):
@@ -105,7 +106,7 @@ def _fit(family, tx, *, jit, steps=STEPS):
 
 
 def _nu_kernel(opt, family):
-  nu = optax.tree_utils.tree_get(nnx.as_pure(opt.opt_state), "nu")
+  nu = optax.tree_utils.tree_get(_pure(opt.opt_state), "nu")
   _, _, layer = FAMILIES[family]
   return nu[layer]["kernel"] if family == "mlp" else nu["kernel"]
 
@@ -189,7 +190,7 @@ def test_orbax_round_trip_of_low_bit_optimizer_state_mid_training(tmp_path, stat
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / "ckpt", {"model": nnx.state(model), "optimizer": nnx.state(opt)})
   checkpointer.wait_until_finished()
-  saved = nnx.as_pure({"model": nnx.state(model), "optimizer": nnx.state(opt)})
+  saved = _pure({"model": nnx.state(model), "optimizer": nnx.state(opt)})
   for _ in range(10):
     step(model, opt)
 
@@ -201,7 +202,7 @@ def test_orbax_round_trip_of_low_bit_optimizer_state_mid_training(tmp_path, stat
   opt2 = nnx.Optimizer(model2, make_tx(), wrt=nnx.Param)
   nnx.update(model2, restored["model"])
   nnx.update(opt2, restored["optimizer"])
-  now = nnx.as_pure({"model": nnx.state(model2), "optimizer": nnx.state(opt2)})
+  now = _pure({"model": nnx.state(model2), "optimizer": nnx.state(opt2)})
   assert jax.tree.structure(now) == jax.tree.structure(saved)
   for a, b in zip(jax.tree.leaves(now), jax.tree.leaves(saved), strict=True):
     assert a.dtype == b.dtype and np.asarray(a).tobytes() == np.asarray(b).tobytes()
@@ -210,8 +211,8 @@ def test_orbax_round_trip_of_low_bit_optimizer_state_mid_training(tmp_path, stat
 
   assert int(opt2.step[...]) == 20
   assert _storage.codec_of(_nu_kernel(opt2, "linear")) is not None
-  resumed = nnx.as_pure({"model": nnx.state(model2), "optimizer": nnx.state(opt2)})
-  uninterrupted = nnx.as_pure({"model": nnx.state(model), "optimizer": nnx.state(opt)})
+  resumed = _pure({"model": nnx.state(model2), "optimizer": nnx.state(opt2)})
+  uninterrupted = _pure({"model": nnx.state(model), "optimizer": nnx.state(opt)})
   assert jax.tree.structure(resumed) == jax.tree.structure(uninterrupted)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(resumed)[0], jax.tree.leaves(uninterrupted), strict=True):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), jax.tree_util.keystr(path)

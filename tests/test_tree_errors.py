@@ -158,6 +158,8 @@ def test_nnx_write_back_of_a_boxed_codec_node_is_named():
   """The original failure: a state holding each 8-bit buffer as one nnx.Variable value, written
   back with nnx.update from the next state, hands update() the node's arrays as an nnx.State."""
   nnx = pytest.importorskip("flax.nnx")
+  from nnx_compat import pure
+
   tx = optax_rmsprop.rmsprop(0.1, state_dtype="8bit")
   state = tx.init(BIG)
   held = jax.tree.map(nnx.Variable, state, is_leaf=_storage.is_buffer)  # one box per buffer
@@ -165,7 +167,7 @@ def test_nnx_write_back_of_a_boxed_codec_node_is_named():
   nnx.update(held, nnx.state(new_state))
   with pytest.raises(ValueError, match=r"scale_by_rms: the optimizer state no longer has the structure init\(\) made: "
                                        r"its state leaves \['kernel'\]\['codes'\], \['kernel'\]\['scale'\]") as info:
-    tx.update(BIG, nnx.as_pure(held), BIG)
+    tx.update(BIG, pure(held), BIG)
   assert "gradient tree does not match" not in str(info.value)
 
 

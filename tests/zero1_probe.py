@@ -70,7 +70,7 @@ def _fractions(state):
           "size": int(x.size),
           "dtype": str(x.dtype),
           "fraction": max(s.data.size for s in x.addressable_shards) / x.size,
-          "spec": str(x.sharding.spec),
+          "spec": str(x.sharding.spec).replace("PartitionSpec(", "P("),  # jax 0.6 spells it out
       }
   return out
 
@@ -138,6 +138,7 @@ def orbax_round_trip(mesh, specs):
 def nnx_optimizer(state_dtype):
   """docs/guides/sharding.md's recipe: ``nnx.Optimizer``'s state placed by ``shard_over`` and kept there in the
   jitted step by a sharding constraint; 20 steps against the same run without it."""
+  import nnx_compat
   from flax import nnx
 
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
@@ -149,10 +150,10 @@ def nnx_optimizer(state_dtype):
   def train(zero1):
     model = nnx.Linear(64, 256, rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax_rmsprop.rmsprop(1e-3, momentum=0.9, state_dtype=STATE_DTYPES[state_dtype]), wrt=nnx.Param)
-    shardings = optax_rmsprop.shard_over(nnx.as_pure(opt.opt_state), mesh, "data")
+    shardings = optax_rmsprop.shard_over(nnx_compat.pure(opt.opt_state), mesh, "data")
 
     def place(opt, put):
-      jax.tree.map(lambda v, s: v.set_value(put(v.get_value(), s)), opt.opt_state, shardings, is_leaf=is_var)
+      jax.tree.map(lambda v, s: nnx_compat.set_value(v, put(nnx_compat.get_value(v), s)), opt.opt_state, shardings, is_leaf=is_var)
 
     if zero1:
       place(opt, jax.device_put)
@@ -166,7 +167,7 @@ def nnx_optimizer(state_dtype):
       return loss
 
     losses = [float(step(model, opt, x, y)) for _ in range(20)]
-    return losses, _fractions(nnx.as_pure(opt.opt_state))
+    return losses, _fractions(nnx_compat.pure(opt.opt_state))
 
   plain, plain_fractions = train(False)
   zero1, zero1_fractions = train(True)
